@@ -1,0 +1,3 @@
+"""virtdoctor: a doctor for libvirt/KVM hosts."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from virtdoctor.cli import main
+
+raise SystemExit(main())

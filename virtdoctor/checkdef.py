@@ -1,0 +1,60 @@
+"""The `@check` decorator: a check's metadata lives once, here, and is read by
+`virtdoctor checks`, `--only/--skip`, the engine and the JSON output."""
+from __future__ import annotations
+
+import inspect
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from virtdoctor.model import Severity
+
+SCOPES = ("host", "domain", "uri")
+SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+
+
+@dataclass(eq=False)
+class Check:
+    slug: str
+    scope: str
+    area: str
+    severity: Severity
+    title: str
+    func: Callable[..., Any]
+    needs: tuple[str, ...] = ()
+    fixer_func: Callable[..., Any] | None = None
+    plugin: str = ""
+    doc: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if not SLUG_RE.match(self.slug):
+            raise ValueError(f"check slug {self.slug!r} is not a slug (lower-case, digits, dashes)")
+        if self.scope not in SCOPES:
+            raise ValueError(f"check {self.slug}: scope must be one of {SCOPES}, not {self.scope!r}")
+        self.doc = inspect.cleandoc(self.func.__doc__ or "")
+
+    def __call__(self, *args: Any) -> Any:
+        return self.func(*args)
+
+    def fixer(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        """Decorator: `func(finding, facts[, dom]) -> FixPlan | None` builds the fix plan."""
+        self.fixer_func = func
+        return func
+
+    @property
+    def has_fixer(self) -> bool:
+        return self.fixer_func is not None
+
+
+def check(slug: str, *, scope: str, area: str, title: str, severity: str | Severity = "error",
+          needs: tuple[str, ...] | list[str] = ()) -> Callable[[Callable[..., Any]], Check]:
+    """Declare a check. Host and uri checks are `func(facts)`, domain checks
+    `func(facts, dom)`; they return one `Result` (Pass/Fail/Warn/Skip) or a list.
+    `needs` names facts the check cannot run without ("libvirt", "root"): when
+    they are missing the engine reports skip without calling the check."""
+
+    def wrap(func: Callable[..., Any]) -> Check:
+        return Check(slug=slug, scope=scope, area=area, severity=Severity(severity), title=title,
+                     func=func, needs=tuple(needs), plugin=func.__module__)
+
+    return wrap

@@ -1,0 +1,92 @@
+"""Command line: global options, one module per subcommand, the exit-status contract.
+
+Each subcommand lives in `virtdoctor/commands/<name>.py` with two functions:
+`add_parser(subparsers)` (registers its options, `set_defaults(run=run)`) and
+`run(args, ctx) -> int`. This module only parses, builds the `Context` and turns
+tool errors and unexpected exceptions into a one-line message and status 3.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from virtdoctor import __version__
+from virtdoctor.context import Context
+from virtdoctor.model import ToolError
+
+COMMANDS = ("check", "checks", "preflight", "diagnose", "fix", "explain")
+EXIT_TOOL = 3
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # usage errors are status 3, one line
+        raise ToolError(f"usage: {message}")
+
+
+def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    sup = None if defaults else argparse.SUPPRESS
+
+    def add(*names, **kw):
+        if not defaults:
+            kw["default"] = argparse.SUPPRESS
+        parser.add_argument(*names, **kw)
+
+    add("-c", "--connect", metavar="URI", dest="uri", default=sup,
+        help="libvirt URI (default: LIBVIRT_DEFAULT_URI, then qemu:///system as root, qemu:///session otherwise)")
+    add("--format", choices=("text", "json"), default="text" if defaults else sup, help="output format")
+    add("--root", metavar="DIR", default="/" if defaults else sup,
+        help="read host files below DIR instead of / (a mounted image, a copied /etc)")
+    add("--offline", action="store_true", default=False if defaults else sup,
+        help="never connect to libvirt; checks that need it report skip")
+    add("--timeout", type=float, metavar="SECONDS", default=5.0 if defaults else sup,
+        help="deadline for each libvirt call (default 5 s)")
+    add("--no-plugins", action="store_true", default=False if defaults else sup,
+        help="do not load third-party plugins (also VIRTDOCTOR_DISABLE_PLUGINS=1)")
+    add("-v", "--verbose", action="count", default=0 if defaults else sup, help="show passing checks and details")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="virtdoctor", description="A doctor for libvirt/KVM hosts.")
+    parser.add_argument("--version", action="version", version=f"virtdoctor {__version__}")
+    _global_options(parser, defaults=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"virtdoctor.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"virtdoctor.commands.{name}":
+                continue
+            raise
+        before = set(sub.choices)
+        module.add_parser(sub)
+        for new in set(sub.choices) - before:  # global options after the subcommand too
+            _global_options(sub.choices[new], defaults=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    if "NO_COLOR" in os.environ:
+        os.environ.setdefault("TERM", "dumb")
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "command", None):
+            parser.print_help()
+            return EXIT_TOOL
+        ctx = Context.from_args(args)
+        return args.run(args, ctx)
+    except ToolError as exc:
+        print(f"virtdoctor: {exc}", file=sys.stderr)
+        return EXIT_TOOL
+    except KeyboardInterrupt:
+        print("virtdoctor: interrupted", file=sys.stderr)
+        return EXIT_TOOL
+    except BrokenPipeError:
+        return EXIT_TOOL
+    except Exception as exc:  # the contract: one line, status 3, no traceback
+        if os.environ.get("VIRTDOCTOR_TRACEBACK"):
+            raise
+        print(f"virtdoctor: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_TOOL

@@ -1,0 +1,73 @@
+"""What several subcommands share: check selection options, the domains to
+look at, and running the selected checks into findings."""
+from __future__ import annotations
+
+import argparse
+import socket
+
+from virtdoctor import domxml, engine
+from virtdoctor.model import FactUnavailable, Finding, ToolError
+
+
+def add_selection(parser: argparse.ArgumentParser, *, domain: bool = True) -> None:
+    parser.add_argument("--only", nargs="+", default=[], metavar="SLUG", help="run only these checks")
+    parser.add_argument("--skip", nargs="+", default=[], metavar="SLUG", help="do not run these checks")
+    if domain:
+        parser.add_argument("--domain", "-d", action="append", default=[], metavar="NAME",
+                            help="look at this defined domain only (repeatable); host checks still run")
+
+
+def selected_checks(ctx, args) -> list:
+    try:
+        known = ctx.knowledge.entries.keys()
+    except Exception:
+        known = ()
+    return engine.select(ctx.registry, args.only, args.skip, known)
+
+
+def knowledge_lookup(ctx):
+    def lookup(slug: str):
+        try:
+            return ctx.knowledge.get(slug)
+        except Exception:
+            return None
+
+    return lookup
+
+
+def defined_domains(facts, names: list[str] | None = None) -> list[domxml.Domain]:
+    """Defined domains as Domain objects. Without libvirt: none (the daemon
+    checks say why); with explicit names, an unknown name is a usage error."""
+    try:
+        infos = facts.libvirt.domains()
+    except FactUnavailable as exc:
+        if names:
+            raise ToolError(f"cannot look up domain {', '.join(names)}: {exc}") from None
+        return []
+    if names:
+        by_name = {i.name: i for i in infos}
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            raise ToolError(f"no domain named {', '.join(missing)} on {facts.resolved_uri}")
+        infos = [by_name[n] for n in names]
+    doms = []
+    for info in infos:
+        try:
+            doms.append(domxml.from_info(info))
+        except ToolError:
+            continue  # libvirt gave XML we cannot parse: nothing to check
+    return doms
+
+
+def target(ctx, facts) -> dict:
+    t = {"host": socket.gethostname(), "root": ctx.root}
+    if not ctx.offline:
+        try:
+            t["uri"] = facts.resolved_uri
+        except Exception:
+            pass
+    return t
+
+
+def run_checks(ctx, facts, checks, domains, *, host: bool = True) -> list[Finding]:
+    return engine.run(checks, facts, domains, knowledge_lookup(ctx), host=host)

@@ -1,0 +1,336 @@
+"""Host facts: the only door virtdoctor's checks have to the machine.
+
+Everything a check may know about the host comes from `HostFacts`: files below
+`--root`, stat and POSIX ACLs, users and groups from the root's own /etc/passwd
+and /etc/group, libvirt's config files (parsed once), processes, sysfs network
+links, command output with a timeout, the KVM probe and the libvirt connection.
+Checks never call `open`, `os`, `subprocess` or libvirt themselves, so a test
+fakes a host with a temporary root directory and recorded libvirt XML.
+
+Paths are always written as on a real host ("/etc/libvirt/qemu.conf"); only this
+layer knows where the root is.
+"""
+from __future__ import annotations
+
+import glob as _glob
+import os
+import stat as _stat
+import subprocess
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from virtdoctor.facts.accounts import Account, Accounts, Group
+from virtdoctor.facts.files import FileInfo, read_acl
+from virtdoctor.facts.kvm import KvmProbe, probe_kvm
+from virtdoctor.facts.links import Link, read_links
+from virtdoctor.facts.procs import Proc, read_processes
+from virtdoctor.model import FactUnavailable
+
+__all__ = ["HostFacts", "FileInfo", "Account", "Group", "Proc", "Link", "KvmProbe", "Cmd",
+           "QemuAccount", "FactUnavailable"]
+
+SEARCH_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+MAX_READ = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Cmd:
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@dataclass(frozen=True)
+class QemuAccount:
+    """The account QEMU processes run as on qemu:///system."""
+
+    user: str
+    group: str
+    account: Account | None  # None: the user does not exist
+    gid: int | None  # None: the group does not exist
+    source: str  # where user/group came from: "qemu.conf" or "built-in default"
+    dynamic_ownership: bool = True
+
+    @property
+    def label(self) -> str:
+        return f"{self.user}:{self.group}"
+
+    @property
+    def gids(self) -> frozenset[int]:
+        """Primary group from qemu.conf plus the user's supplementary groups
+        (libvirt sets both when it drops privileges)."""
+        gids = set(self.account.groups) if self.account else set()
+        if self.gid is not None:
+            gids.add(self.gid)
+        return frozenset(gids)
+
+    @property
+    def uid(self) -> int | None:
+        return self.account.uid if self.account else None
+
+
+@dataclass
+class HostFacts:
+    root: str = "/"
+    uri: str | None = None
+    offline: bool = False
+    timeout: float = 5.0
+    # injected by tests (or --root runs) in place of probing the real host
+    kvm: KvmProbe | None = None
+    libvirt_facts: Any = None
+    processes_override: list[Proc] | None = None
+    _conf_cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    # -- paths and files -------------------------------------------------
+    @property
+    def is_live(self) -> bool:
+        """True when facts describe the running machine (root is /)."""
+        return os.path.realpath(self.root) == "/"
+
+    def path(self, host_path: str) -> str:
+        """The real path of a host path below the root."""
+        if not host_path.startswith("/"):
+            raise ValueError(f"host paths are absolute: {host_path!r}")
+        if self.root in ("", "/"):
+            return host_path
+        return os.path.join(self.root, host_path.lstrip("/"))
+
+    def host_path(self, real_path: str) -> str:
+        if self.root in ("", "/"):
+            return real_path
+        rel = os.path.relpath(real_path, self.root)
+        return "/" + ("" if rel == "." else rel)
+
+    def exists(self, host_path: str) -> bool:
+        return os.path.lexists(self.path(host_path))
+
+    def is_dir(self, host_path: str) -> bool:
+        return os.path.isdir(self.path(host_path))
+
+    def listdir(self, host_path: str) -> list[str]:
+        try:
+            return sorted(os.listdir(self.path(host_path)))
+        except FileNotFoundError:
+            return []
+        except NotADirectoryError:
+            return []
+        except PermissionError as exc:
+            raise FactUnavailable(f"cannot list {host_path}: permission denied") from exc
+
+    def glob(self, pattern: str) -> list[str]:
+        return sorted(self.host_path(p) for p in _glob.glob(self.path(pattern)))
+
+    def read_text(self, host_path: str, *, limit: int = MAX_READ) -> str | None:
+        """The file's text (invalid UTF-8 replaced), None when it does not exist.
+        Raises FactUnavailable when it exists but cannot be read."""
+        data = self.read_bytes(host_path, limit=limit)
+        return None if data is None else data.decode("utf-8", "replace")
+
+    def read_bytes(self, host_path: str, *, limit: int = MAX_READ) -> bytes | None:
+        real = self.path(host_path)
+        try:
+            with open(real, "rb") as fh:
+                return fh.read(limit)
+        except FileNotFoundError:
+            return None
+        except NotADirectoryError:
+            return None
+        except IsADirectoryError as exc:
+            raise FactUnavailable(f"{host_path} is a directory") from exc
+        except OSError as exc:
+            raise FactUnavailable(f"cannot read {host_path}: {exc.strerror or exc}") from exc
+
+    def stat(self, host_path: str, *, follow: bool = True) -> FileInfo | None:
+        """Mode, owner, group, type and POSIX ACL of a path; None when absent
+        (a dangling symlink with follow=True is absent too: see `exists`)."""
+        real = self.path(host_path)
+        try:
+            st = os.stat(real) if follow else os.lstat(real)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise FactUnavailable(f"cannot stat {host_path}: {exc.strerror or exc}") from exc
+        acl = read_acl(real) if not _stat.S_ISLNK(st.st_mode) else ()
+        accounts = self.accounts
+        return FileInfo(path=host_path, mode=st.st_mode, uid=st.st_uid, gid=st.st_gid,
+                        size=st.st_size, mtime=st.st_mtime, rdev=st.st_rdev, acl=acl,
+                        owner=accounts.user_name(st.st_uid), group=accounts.group_name(st.st_gid))
+
+    def realpath(self, host_path: str) -> str:
+        return self.host_path(os.path.realpath(self.path(host_path))) if self.root in ("", "/") \
+            else _realpath_in_root(self, host_path)
+
+    def which(self, name: str, extra: tuple[str, ...] = ()) -> str | None:
+        """The host path of an executable named `name` in the usual bin dirs."""
+        if "/" in name:
+            real = self.path(name)
+            return name if os.path.isfile(real) and os.access(real, os.X_OK) else None
+        for d in (*extra, *SEARCH_PATH):
+            real = self.path(f"{d}/{name}")
+            if os.path.isfile(real) and os.access(real, os.X_OK):
+                return f"{d}/{name}"
+        return None
+
+    # -- accounts ---------------------------------------------------------
+    @cached_property
+    def accounts(self) -> Accounts:
+        return Accounts.load(self.read_text("/etc/passwd") or "", self.read_text("/etc/group") or "")
+
+    def account(self, name_or_uid: str | int) -> Account | None:
+        return self.accounts.user(name_or_uid)
+
+    def group(self, name_or_gid: str | int) -> Group | None:
+        return self.accounts.group(name_or_gid)
+
+    @property
+    def euid(self) -> int:
+        return os.geteuid()
+
+    # -- config files -----------------------------------------------------
+    def conf(self, host_path: str):
+        """The parsed libvirt config file (a `confparse.Conf`), or None when
+        absent. Raises `confparse.ConfError` (file and line) on a syntax error and
+        FactUnavailable when unreadable; checks turn those into findings."""
+        if host_path not in self._conf_cache:
+            from virtdoctor import confparse
+
+            try:
+                text = self.read_text(host_path)
+                self._conf_cache[host_path] = None if text is None else confparse.parse(text, host_path)
+            except Exception as exc:  # remember failures too: parse once per run
+                self._conf_cache[host_path] = exc
+        value = self._conf_cache[host_path]
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+    def conf_value(self, host_path: str, key: str, default: Any = None) -> Any:
+        """One key of a config file, `default` when the file or key is absent or
+        the file is broken (checks that care report the breakage themselves)."""
+        try:
+            conf = self.conf(host_path)
+        except Exception:
+            return default
+        return default if conf is None else conf.get(key, default)
+
+    def qemu_account(self) -> QemuAccount:
+        """qemu.conf `user`/`group`, else the build's default: Debian documents
+        it in the shipped qemu.conf as `#user = "libvirt-qemu"`."""
+        from virtdoctor.facts.accounts import parse_account_spec
+
+        conf_path = "/etc/libvirt/qemu.conf"
+        text = None
+        try:
+            text = self.read_text(conf_path)
+        except FactUnavailable:
+            pass
+        user = self.conf_value(conf_path, "user")
+        group = self.conf_value(conf_path, "group")
+        source = "qemu.conf"
+        default_user, default_group = _documented_default(text or "")
+        if user is None:
+            user, source = default_user or self._guess_default_user(), "built-in default"
+        if group is None:
+            group = default_group or user
+        acct = parse_account_spec(self.accounts, str(user), kind="user")
+        gid = parse_account_spec(self.accounts, str(group), kind="group")
+        dyn = self.conf_value(conf_path, "dynamic_ownership", 1)
+        return QemuAccount(user=str(user), group=str(group), account=acct, gid=gid,
+                           source=source, dynamic_ownership=bool(dyn))
+
+    def _guess_default_user(self) -> str:
+        for name in ("libvirt-qemu", "qemu"):
+            if self.accounts.user(name):
+                return name
+        return "libvirt-qemu"
+
+    # -- processes, links, commands ---------------------------------------
+    @cached_property
+    def processes(self) -> list[Proc]:
+        if self.processes_override is not None:
+            return list(self.processes_override)
+        return read_processes(self.root)
+
+    def process_named(self, name: str) -> list[Proc]:
+        return [p for p in self.processes if p.name == name]
+
+    @cached_property
+    def links(self) -> dict[str, Link]:
+        return read_links(self.path("/sys/class/net"))
+
+    def run(self, argv: list[str] | tuple[str, ...], *, timeout: float = 5.0, input: str | None = None) -> Cmd:
+        """Run a command on the live host with a timeout. On a --root that is
+        not / nothing is run: FactUnavailable."""
+        if not self.is_live:
+            raise FactUnavailable(f"not running {argv[0]} for --root {self.root}")
+        try:
+            cp = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
+                                input=input, errors="replace", stdin=None if input is not None else subprocess.DEVNULL)
+        except FileNotFoundError as exc:
+            raise FactUnavailable(f"{argv[0]}: not installed") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise FactUnavailable(f"{' '.join(argv)} did not finish within {timeout:g} s") from exc
+        except OSError as exc:
+            raise FactUnavailable(f"{argv[0]}: {exc.strerror or exc}") from exc
+        return Cmd(tuple(argv), cp.returncode, cp.stdout, cp.stderr)
+
+    def env(self, name: str, default: str | None = None) -> str | None:
+        return os.environ.get(name, default)
+
+    # -- KVM and libvirt --------------------------------------------------
+    def kvm_probe(self) -> KvmProbe:
+        """Open /dev/kvm and ask it (API version, create a VM, SMM support)."""
+        if self.kvm is None:
+            if not self.is_live:
+                raise FactUnavailable(f"cannot probe /dev/kvm of --root {self.root}")
+            self.kvm = probe_kvm("/dev/kvm")
+        return self.kvm
+
+    @property
+    def libvirt(self):
+        """The libvirt facts (capabilities, domains, networks...). Raises
+        FactUnavailable under --offline or when libvirt-python is missing."""
+        if self.libvirt_facts is None:
+            if self.offline:
+                raise FactUnavailable("--offline: not connecting to libvirt")
+            from virtdoctor.facts.libvirt import LiveLibvirt
+
+            self.libvirt_facts = LiveLibvirt(self.resolved_uri, timeout=self.timeout)
+        return self.libvirt_facts
+
+    @cached_property
+    def resolved_uri(self) -> str:
+        from virtdoctor.facts.uri import resolve_uri
+
+        return resolve_uri(self.uri, env=os.environ, euid=os.geteuid(), facts=self)
+
+
+def _documented_default(text: str) -> tuple[str | None, str | None]:
+    import re
+
+    # the shipped file's commented default (`#user = "libvirt-qemu"`), not the
+    # indented doc examples above it (`#       user = "qemu"`)
+    user = re.search(r'^#[ \t]?user[ \t]*=[ \t]*"([^"]+)"', text, re.M)
+    group = re.search(r'^#[ \t]?group[ \t]*=[ \t]*"([^"]+)"', text, re.M)
+    return (user.group(1) if user else None, group.group(1) if group else None)
+
+
+def _realpath_in_root(facts: HostFacts, host_path: str, depth: int = 0) -> str:
+    """Resolve symlinks of a host path inside the root (absolute links stay in it)."""
+    if depth > 40:
+        raise FactUnavailable(f"too many levels of symbolic links at {host_path}")
+    parts = [p for p in host_path.split("/") if p]
+    resolved = "/"
+    for i, part in enumerate(parts):
+        candidate = os.path.join(resolved, part)
+        real = facts.path(candidate)
+        if os.path.islink(real):
+            target = os.readlink(real)
+            base = target if target.startswith("/") else os.path.join(resolved, target)
+            rest = "/".join(parts[i + 1:])
+            joined = os.path.normpath(os.path.join(base, rest) if rest else base)
+            return _realpath_in_root(facts, joined, depth + 1)
+        resolved = os.path.normpath(candidate)
+    return resolved

@@ -1,0 +1,1 @@
+"""Renderers: text (rich) for people, JSON (the DESIGN.md contract) for programs."""
