@@ -3,6 +3,18 @@ plugin implementing ``virtdoctor_checks``, exactly as a third-party plugin does.
 The order here is the order of areas in the report."""
 
 BUILTIN_PLUGINS = (
-    "virtdoctor.checks.daemon",
-    "virtdoctor.checks.kvm",
+    "virtdoctor.checks.daemon",      # daemon process, socket, log dir, qemu user, dbus
+    "virtdoctor.checks.connection",  # URI, non-root access, TCP listening
+    "virtdoctor.checks.tls",         # CA, server and client certificates
+    "virtdoctor.checks.kvm",         # /dev/kvm, hardware virtualisation
+    "virtdoctor.checks.emulator",    # QEMU binaries, ROM files
+    "virtdoctor.checks.firmware",    # UEFI, SMM, ACPI
+    "virtdoctor.checks.network",     # networks, dnsmasq, firewall, bridges, bonds
+    "virtdoctor.checks.platform",    # vhost-net, tun, cgroups, IOMMU, secure guests
+    "virtdoctor.checks.schema",      # libvirt's RelaxNG schema
+    "virtdoctor.checks.definition",  # boot order, undefine, root disk
+    "virtdoctor.checks.storage",     # disks: bus, targets, sources, permissions, cache
+    "virtdoctor.checks.guest",       # CPU, clock, vCPUs, USB, tablet
+    "virtdoctor.checks.display",     # graphics and video
+    "virtdoctor.checks.nics",        # MAC addresses
 )
