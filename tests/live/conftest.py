@@ -1,0 +1,136 @@
+"""Fixtures for live tests: the real daemon, tiny guests, guards that put the host back.
+
+Every test in this directory is marked `live` (see tests/conftest.py for the policy). What a
+test creates is named vdtest-*; leftovers with that prefix are removed at session start and end.
+
+    libvirt_conn              read-write connection to qemu:///system, closed after the test
+    vm_xml(name, **opts)      domain XML of a tiny guest (vmhelpers.build_vm_xml's options, plus
+                              disk_mib=N for a fresh qcow2 that is deleted after the test);
+                              type kvm when QEMU's account can use /dev/kvm, else qemu (TCG)
+    define_vm(xml)            defines the domain; after the test: destroyed, undefined with NVRAM
+    daemon_guard              a vmhelpers.DaemonGuard: .stop(name), .pids(name), .restore();
+                              restored after the test
+    file_guard(path)          snapshot of a file/dir/device node/absence; restored after the test
+    run_virtdoctor(*args)     (rc, stdout, stderr) of `python -m virtdoctor ARGS`
+
+and in vmhelpers: start_and_prove(dom) -> Proof, build_vm_xml, undefine_domain,
+open_with_timeout, wait_for_uri, kvm_usable_by_qemu, cleanup_leftovers, PREFIX.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+import vmhelpers  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if HERE in Path(item.path).parents:
+            item.add_marker(pytest.mark.live)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _vdtest_leftovers(live_host):
+    """Remove vdtest-* objects before the first live test and after the last one."""
+    def sweep(when):
+        conn = vmhelpers.wait_for_uri(live_host.uri, 30)
+        try:
+            removed = vmhelpers.cleanup_leftovers(conn)
+        finally:
+            conn.close()
+        if removed:
+            print(f"\nvdtest leftovers removed at session {when}: {', '.join(removed)}")
+
+    if not live_host.ok:   # the policy in tests/conftest.py skips or fails the tests themselves
+        yield
+        return
+    for log in vmhelpers.QEMU_LOG_DIR.glob(vmhelpers.PREFIX + "*"):  # logs of earlier sessions
+        log.unlink(missing_ok=True)
+    sweep("start")
+    yield
+    sweep("end")
+
+
+@pytest.fixture
+def libvirt_conn(live_host):
+    conn = vmhelpers.open_with_timeout(live_host.uri)
+    yield conn
+    try:
+        conn.close()
+    except Exception:  # the daemon may have been restarted under it
+        pass
+
+
+@pytest.fixture
+def vm_xml(live_host):
+    disks = []
+
+    def build(name: str, *, virt_type: str | None = None, disk_mib: int | None = None,
+              **opts) -> str:
+        vmhelpers.check_name(name)
+        if disk_mib:
+            disks.append(vmhelpers.create_disk(name, disk_mib))
+            opts["disk"] = disks[-1]
+        return vmhelpers.build_vm_xml(name, virt_type=virt_type or ("kvm" if live_host.kvm else "qemu"),
+                                      **opts)
+
+    yield build
+    for disk in disks:
+        disk.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def define_vm(libvirt_conn, live_host):
+    names = []
+
+    def define(xml: str):
+        dom = libvirt_conn.defineXML(xml)
+        names.append(dom.name())
+        return dom
+
+    yield define
+    if names:
+        conn = vmhelpers.wait_for_uri(live_host.uri, 30)  # a fresh one: the daemon may have restarted
+        try:
+            for name in names:
+                vmhelpers.undefine_domain(conn, name)
+        finally:
+            conn.close()
+
+
+@pytest.fixture
+def daemon_guard(live_host):
+    guard = vmhelpers.DaemonGuard(live_host.uri)
+    yield guard
+    guard.restore()
+
+
+@pytest.fixture
+def file_guard(tmp_path):
+    guards = []
+
+    def guard(path) -> vmhelpers.FileGuard:
+        guards.append(vmhelpers.FileGuard(path, tmp_path / f"file-guard-{len(guards)}"))
+        return guards[-1]
+
+    yield guard
+    errors = []
+    for g in reversed(guards):
+        try:
+            g.restore()
+        except Exception as exc:  # restore the others, then report
+            errors.append(f"{g.path}: {exc}")
+    if errors:
+        raise RuntimeError("file_guard could not restore " + "; ".join(errors))
+
+
+@pytest.fixture
+def run_virtdoctor():
+    return vmhelpers.run_virtdoctor
