@@ -57,7 +57,7 @@ class Context:
         """All checks of all plugins, by slug (see plugins.collect_checks)."""
         from virtdoctor.plugins import collect_checks
 
-        return collect_checks(self.plugins)
+        return collect_checks(self.plugins, warn=self.err)
 
     def facts(self, *, writable: bool = False):
         """A fresh HostFacts for this run's --root, URI and --offline."""

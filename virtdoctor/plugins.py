@@ -39,32 +39,52 @@ def build_manager(*, autoload: bool = True, warn: TextIO | None = None) -> plugg
     pm.register(_BuiltinKnowledge(), name="virtdoctor.knowledge")
     for name in BUILTIN_PLUGINS:
         pm.register(importlib.import_module(name), name=name)
+    pm.check_pending()  # a misspelt hook in a built-in module fails loudly
     if autoload:
         for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
             if pm.has_plugin(ep.name):
                 continue
             try:
                 pm.register(ep.load(), name=ep.name)
+                pm.check_pending()  # a misspelt hook: this plugin is broken, not the doctor
             except Exception as exc:  # a broken plugin must not stop the doctor
-                if warn is not None:
-                    print(f"virtdoctor: warning: plugin {ep.name!r} ({ep.value}) failed to load: "
-                          f"{type(exc).__name__}: {exc}", file=warn)
-    pm.check_pending()
+                if pm.has_plugin(ep.name):
+                    pm.unregister(name=ep.name)
+                _warn(warn, f"plugin {ep.name!r} ({ep.value}) failed to load: {type(exc).__name__}: "
+                            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
     return pm
 
 
-def collect_checks(pm: pluggy.PluginManager) -> dict[str, Check]:
+def _warn(warn: TextIO | None, message: str) -> None:
+    if warn is not None:
+        print(f"virtdoctor: warning: {message}", file=warn)
+
+
+def collect_checks(pm: pluggy.PluginManager, warn: TextIO | None = None) -> dict[str, Check]:
     """All checks in registration order, keyed by slug (``slug@domain`` for the
-    domain-scope twin of a slug that is also checked on the host)."""
+    domain-scope twin of a slug that is also checked on the host).
+
+    A third-party plugin whose hook raises or returns something that is not a
+    check is a warning (its checks are left out); a built-in one is a bug of
+    virtdoctor itself: ToolError."""
+    from virtdoctor.checks import BUILTIN_PLUGINS
+
     registry: dict[str, Check] = {}
     for impl in pm.hook.virtdoctor_checks.get_hookimpls():  # registration order
+        builtin = impl.plugin_name in BUILTIN_PLUGINS
         try:
-            result = impl.function()
+            result = list(impl.function() or ())
+            bad = next((c for c in result if not isinstance(c, Check)), None)
+            if bad is not None:
+                raise ToolError(f"plugin {impl.plugin_name} returned {bad!r}, not a @check")
         except Exception as exc:
-            raise ToolError(f"plugin {impl.plugin_name} failed to list its checks: {exc}") from exc
-        for chk in result or ():
-            if not isinstance(chk, Check):
-                raise ToolError(f"plugin {impl.plugin_name} returned {chk!r}, not a @check")
+            problem = exc if isinstance(exc, ToolError) else ToolError(
+                f"plugin {impl.plugin_name} failed to list its checks: {type(exc).__name__}: {exc}")
+            if builtin:
+                raise problem from exc
+            _warn(warn, str(problem))
+            continue
+        for chk in result:
             registry[key(chk)] = chk
     return registry
 
