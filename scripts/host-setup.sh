@@ -111,10 +111,16 @@ ensure_default_network() {
     if [ "$("${virsh[@]}" net-info default | awk '$1 == "Autostart:" {print $2}')" != yes ]; then
         "${virsh[@]}" net-autostart default >/dev/null   # as Debian's package sets it up
     fi
-    if [ "$("${virsh[@]}" net-info default | awk '$1 == "Active:" {print $2}')" != yes ]; then
+    if ! network_active; then
         say "starting the default network"
-        "${virsh[@]}" net-start default >/dev/null
+        # a freshly started libvirtd may autostart it meanwhile: only a network still down fails
+        "${virsh[@]}" net-start default >/dev/null 2>&1 || network_active \
+            || "${virsh[@]}" net-start default >/dev/null
     fi
+}
+
+network_active() {
+    [ "$(virsh -q -c qemu:///system net-info default | awk '$1 == "Active:" {print $2}')" = yes ]
 }
 
 case "${1:-}" in

@@ -2,8 +2,10 @@
 leftover sweep finds what carries the prefix, and the live-test policy fails unexpected skips."""
 from __future__ import annotations
 
+import grp
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -64,6 +66,26 @@ def test_efi_q35_guest_with_disk_and_network_starts_and_undefines_with_nvram(
         libvirt_conn.lookupByName(name)
     assert not nvram.exists()
     assert vmhelpers.undefine_domain(libvirt_conn, name) is False
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/kvm"), reason="/dev/kvm is absent on this host")
+@pytest.mark.parametrize("mode, group, usable", [
+    pytest.param(0o660, "kvm", True, id="group-kvm-0660"),
+    pytest.param(0o600, "root", False, id="root-only-0600"),
+    pytest.param(0o666, "root", True, id="world-0666"),
+])
+def test_kvm_probe_judges_as_qemus_account(file_guard, mode, group, usable):
+    node = vmhelpers.IMAGES_DIR / "vdtest-harness-kvm-node"   # a twin of /dev/kvm, same device
+    file_guard(node)
+    os.mknod(node, 0o600 | stat.S_IFCHR, os.stat("/dev/kvm").st_rdev)
+    os.chown(node, 0, grp.getgrnam(group).gr_gid)
+    os.chmod(node, mode)
+
+    ok, reason = vmhelpers.kvm_usable_by_qemu(str(node))
+
+    assert ok is usable, reason
+    assert ("cannot open" in reason) is not usable
+    assert vmhelpers.kvm_usable_by_qemu(str(node) + "-absent") == (False, f"{node}-absent is absent")
 
 
 def test_vm_xml_refuses_names_without_prefix(vm_xml):
@@ -184,7 +206,6 @@ def test_file_guard_restores_dev_kvm_mode_group_and_acl(file_guard, tmp_path):
 
 
 def _group_exists(gid: int) -> bool:
-    import grp
     try:
         grp.getgrgid(gid)
         return True

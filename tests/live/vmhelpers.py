@@ -481,6 +481,7 @@ class FileGuard:
         if not self.existed:
             _remove(os.fspath(self.path))
         else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)  # the test may have removed it
             self._restore("")
 
     def _restore(self, rel: str) -> None:
