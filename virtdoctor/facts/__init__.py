@@ -142,6 +142,23 @@ class HostFacts:
         except OSError as exc:
             raise FactUnavailable(f"cannot read {host_path}: {exc.strerror or exc}") from exc
 
+    def read_tail(self, host_path: str, max_bytes: int = 1 << 20) -> str | None:
+        """The last `max_bytes` of a file (logs), None when absent."""
+        real = self.path(host_path)
+        try:
+            with open(real, "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                size = fh.tell()
+                fh.seek(max(0, size - max_bytes))
+                data = fh.read()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise FactUnavailable(f"cannot read {host_path}: {exc.strerror or exc}") from exc
+        if size > max_bytes:
+            data = data.split(b"\n", 1)[-1]  # drop the partial first line
+        return data.decode("utf-8", "replace")
+
     def stat(self, host_path: str, *, follow: bool = True) -> FileInfo | None:
         """Mode, owner, group, type and POSIX ACL of a path; None when absent
         (a dangling symlink with follow=True is absent too: see `exists`)."""

@@ -19,6 +19,25 @@ from virtdoctor.model import FactUnavailable
 STATE_NAMES = {0: "no state", 1: "running", 2: "blocked", 3: "paused", 4: "shut down",
                5: "shut off", 6: "crashed", 7: "suspended (pmsuspended)"}
 
+# virDomain*Reason, by state (include/libvirt/libvirt-domain.h)
+STATE_REASONS = {
+    1: ["unknown", "booted", "migrated", "restored", "from snapshot", "unpaused", "migration canceled",
+        "save canceled", "woken up", "crashed", "post-copy", "post-copy failed"],
+    2: ["unknown"],
+    3: ["unknown", "paused by user", "migration", "save", "dump", "I/O error", "watchdog", "from snapshot",
+        "shutting down", "snapshot", "API error", "starting up", "post-copy", "post-copy failed"],
+    4: ["unknown", "user"],
+    5: ["unknown", "shut down", "destroyed", "crashed", "migrated", "saved", "failed to start",
+        "from snapshot", "daemon"],
+    6: ["unknown", "panicked"],
+    7: ["unknown"],
+}
+
+
+def reason_name(state: int, reason: int) -> str:
+    names = STATE_REASONS.get(state, [])
+    return names[reason] if 0 <= reason < len(names) else f"reason {reason}"
+
 
 @dataclass(frozen=True)
 class DomainInfo:
@@ -36,6 +55,10 @@ class DomainInfo:
     @property
     def state_name(self) -> str:
         return STATE_NAMES.get(self.state, str(self.state))
+
+    @property
+    def reason_name(self) -> str:
+        return reason_name(self.state, self.reason)
 
 
 @dataclass(frozen=True)
@@ -288,3 +311,26 @@ class Writable:
         live = LiveLibvirt(self.uri, self.timeout)
         libvirt = live._module()
         return live._with_deadline("virConnectOpen", lambda: libvirt.open(self.uri))
+
+
+def start_domain(uri: str, name: str, timeout: float = 60.0) -> tuple[bool, str]:
+    """One real start attempt (`virsh start NAME`) for `diagnose --start`:
+    (True, "") when it started, else (False, libvirt's error message)."""
+    live = LiveLibvirt(uri, timeout)
+    libvirt = live._module()
+
+    def attempt():
+        conn = libvirt.open(uri)
+        try:
+            dom = conn.lookupByName(name)
+            if dom.isActive():
+                return True, "already running"
+            try:
+                dom.create()
+                return True, ""
+            except libvirt.libvirtError as exc:
+                return False, exc.get_error_message() or str(exc)
+        finally:
+            conn.close()
+
+    return live._with_deadline("virDomainCreate", attempt)
