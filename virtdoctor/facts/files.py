@@ -123,7 +123,10 @@ class FileInfo:
 
     def _candidates(self, uid: int, gids: frozenset[int]):
         mode = self.perms
-        if not self.extended_acl:
+        # Linux consults the ACL only when the group class bits (the mask) are not
+        # all zero (fs/namei.c acl_permission_check): with an empty mask the named
+        # entries are ignored and the mode bits decide, as without an ACL.
+        if not self.extended_acl or not mode & 0o070:
             if uid == self.uid:
                 yield (mode >> 6) & 7
             elif self.gid in gids:
