@@ -1,7 +1,286 @@
-"""Checks of this area are being written (see checks/__init__.py)."""
-from virtdoctor.api import hookimpl
+"""Domain definition and lifecycle: boot order, undefine traps, the root disk,
+the install cdrom of a UEFI guest."""
+from __future__ import annotations
+
+from virtdoctor.api import Auto, DefineDomain, Fail, Pass, Skip, Warn, check, hookimpl, plan
+
+NVRAM_DIR = "/var/lib/libvirt/qemu/nvram"
+
+
+def redefine_plan(dom, new_tree, summary: str, notes: list[str] | tuple[str, ...] = ()):
+    """The plan that applies an edited copy of the domain XML: DefineDomain for a
+    defined domain (diff, backup, validation by libvirt, re-check); for an XML
+    file (preflight) a manual plan describing the same edit."""
+    from virtdoctor.domxml import serialise
+
+    notes = list(notes)
+    if dom.info is None:
+        return plan(summary + f" (edit {dom.source})", Auto.MANUAL, notes=notes)
+    if getattr(dom.info, "active", False):
+        notes.append(f"{dom.name} is running: the change applies at its next boot "
+                     f"(virsh shutdown {dom.name}; virsh start {dom.name})")
+    old = dom.info.xml if dom.info.xml.endswith("\n") else dom.info.xml + "\n"
+    return plan(summary, Auto.UNSAFE, DefineDomain(dom.name, serialise(new_tree), old), notes=notes)
+
+
+def _edit_copy(dom):
+    from virtdoctor.domxml import Domain
+
+    tree = dom.copy_tree()
+    return tree, Domain(tree=tree, source=dom.source, subject=dom.subject, info=dom.info)
+
+
+# -- undefine --------------------------------------------------------------------
+def nvram_path(dom) -> str | None:
+    """The NVRAM file libvirt keeps for the domain: `<os><nvram>`, else the
+    default for firmware='efi' (/var/lib/libvirt/qemu/nvram/NAME_VARS.fd)."""
+    os_el = dom.root.find("os")
+    if os_el is None:
+        return None
+    nv = os_el.find("nvram")
+    if nv is not None:
+        src = nv.find("source")
+        path = (nv.text or "").strip() or (src.get("file") if src is not None else None)
+        if path:
+            return path
+    if nv is not None or os_el.get("firmware") == "efi":
+        return f"{NVRAM_DIR}/{dom.name}_VARS.fd" if dom.name else None
+    return None
+
+
+@check("nvram-undefine", scope="domain", area="definition", severity="info",
+       title="Undefining the domain needs --nvram (or --keep-nvram)")
+def nvram_undefine(facts, dom):
+    """Looks at `<os><nvram>` (or UEFI firmware's default NVRAM file) of a
+    defined domain and whether that file exists.
+    Why: `virsh undefine NAME` then fails with "Requested operation is not
+    valid: cannot undefine domain with nvram".
+    No automatic fix: undefine with `--nvram` (delete the UEFI variables) or
+    `--keep-nvram`."""
+    path = nvram_path(dom)
+    if path is None:
+        return Pass("no NVRAM: a plain undefine works")
+    if dom.info is None:
+        return Pass(f"not defined yet; once defined, undefine it with --nvram or --keep-nvram (NVRAM {path})",
+                    {"nvram": path})
+    if not dom.info.persistent:
+        return Pass("transient: nothing to undefine", {"nvram": path})
+    if not facts.exists(path):
+        return Pass(f"the NVRAM file {path} does not exist yet: a plain undefine works", {"nvram": path})
+    return Fail(f"{dom.name} keeps UEFI variables in {path}: 'virsh undefine {dom.name}' fails with "
+                "\"cannot undefine domain with nvram\"; use --nvram or --keep-nvram", {"nvram": path})
+
+
+@nvram_undefine.fixer
+def nvram_undefine_advice(finding, facts, dom):
+    return plan(f"Undefine with 'virsh undefine {dom.name} --nvram' (deletes the UEFI variables) or "
+                "--keep-nvram", Auto.MANUAL)
+
+
+@check("transient-undefine", scope="domain", area="definition", severity="warning",
+       title="The domain is persistent (defined), not transient")
+def transient_undefine(facts, dom):
+    """Looks at whether a domain the daemon knows is persistent.
+    Why: a transient domain (virsh create) vanishes when it stops, and
+    `virsh undefine` fails with "Requested operation is not valid: cannot
+    undefine transient domain".
+    No automatic fix: stop it with `virsh destroy NAME`, or make it persistent
+    with `virsh dumpxml NAME > NAME.xml; virsh define NAME.xml`."""
+    if dom.info is None:
+        return Skip("an XML file, not a domain of the daemon: persistence does not apply yet")
+    if dom.info.persistent:
+        return Pass("persistent")
+    return Warn(f"{dom.name} is transient: it disappears when it stops, and 'virsh undefine' fails with "
+                "\"cannot undefine transient domain\"", {"active": dom.info.active})
+
+
+@transient_undefine.fixer
+def transient_undefine_advice(finding, facts, dom):
+    return plan(f"Stop it with 'virsh destroy {dom.name}', or keep it: "
+                f"'virsh dumpxml {dom.name} > {dom.name}.xml && virsh define {dom.name}.xml'", Auto.MANUAL)
+
+
+# -- boot order ------------------------------------------------------------------
+def _device_label(el) -> str:
+    parent = el.getparent()
+    tag = parent.tag if parent is not None else "?"
+    target = parent.find("target") if parent is not None else None
+    if tag == "disk" and target is not None and target.get("dev"):
+        return f"{parent.get('device', 'disk')} {target.get('dev')}"
+    if tag == "interface":
+        mac = parent.find("mac")
+        return f"interface {mac.get('address')}" if mac is not None else "interface"
+    return tag
+
+
+@check("boot-order-conflict", scope="domain", area="definition", severity="error",
+       title="Boot order is given one way: <os><boot> or per-device <boot order>")
+def boot_order_conflict(facts, dom):
+    """Looks at `<os><boot dev>` and every device's `<boot order>`.
+    Why: libvirt refuses the pair with "unsupported configuration: per-device
+    boot elements cannot be used together with os/boot elements" (at define;
+    virt-xml and virt-manager hit it when adding a device with a boot order).
+    Fix safety: unsafe (guest-visible boot order): drops `<os><boot>` and gives
+    devices boot orders keeping the intended order."""
+    os_boots = dom.os_boot_devs
+    per_device = dom.device_boot_elements
+    if not (os_boots and per_device):
+        return Pass("boot order given " + ("per device" if per_device else "in <os>" if os_boots else "by default"))
+    devs = [f"{_device_label(b)} (order {b.get('order')}, line {b.sourceline})" for b in per_device]
+    return Fail(f"<os><boot dev='{', '.join(os_boots)}'> and per-device <boot order> on {', '.join(devs)}: "
+                "libvirt refuses this with \"per-device boot elements cannot be used together with os/boot "
+                "elements\"", {"os_boot": os_boots, "device_boot": devs})
+
+
+def merged_boot_order(dom) -> list:
+    """Device elements in the intended boot order: devices that already carry a
+    `<boot order>` first (the newer, more specific intent), by order; then, for
+    each `<os><boot dev>` in turn, the first device of that class not yet listed
+    (hd: disk, cdrom: cdrom, network: interface, fd: floppy), as the BIOS does."""
+    ordered = sorted(dom.device_boot_elements, key=lambda b: int(b.get("order")) if b.get("order", "").isdigit() else 0)
+    devices = [b.getparent() for b in ordered]
+    classes = {"hd": "devices/disk[@device='disk']|devices/disk[not(@device)]",
+               "cdrom": "devices/disk[@device='cdrom']", "fd": "devices/disk[@device='floppy']",
+               "network": "devices/interface"}
+    for dev in dom.os_boot_devs:
+        xpath = classes.get(dev)
+        if not xpath:
+            continue
+        candidates = dom.root.xpath(xpath)
+        if any(c in devices for c in candidates):
+            continue  # that class already boots from an explicitly ordered device
+        if candidates:
+            devices.append(_first_by_target(candidates))
+    return devices
+
+
+def _first_by_target(elements):
+    from virtdoctor.domxml import disk_name_index
+
+    def key(el):
+        t = el.find("target")
+        idx = disk_name_index(t.get("dev", "")) if t is not None else None
+        return (idx if idx is not None else 1 << 30)
+
+    if all(e.tag == "disk" for e in elements):
+        return min(elements, key=key)
+    return elements[0]
+
+
+@boot_order_conflict.fixer
+def boot_order_per_device(finding, facts, dom):
+    from lxml import etree
+
+    tree, copy = _edit_copy(dom)
+    order = merged_boot_order(copy)
+    for b in copy.root.findall("os/boot"):
+        b.getparent().remove(b)
+    for b in copy.device_boot_elements:
+        b.getparent().remove(b)
+    for i, dev in enumerate(order, 1):
+        boot = etree.Element("boot", order=str(i))
+        # <boot> goes before <address> when there is one (libvirt's own order)
+        addr = dev.find("address")
+        prev = addr.getprevious() if addr is not None else (dev[-1] if len(dev) else None)
+        indent = prev.tail if prev is not None and prev.tail else "\n"
+        if addr is not None:
+            addr.addprevious(boot)
+            boot.tail = indent
+        else:
+            if prev is not None:  # keep pretty-printing: child indent before, closing indent after
+                boot.tail, prev.tail = prev.tail, dev.text
+            dev.append(boot)
+    names = ", ".join(_device_label(d.find("boot")) for d in order)
+    return redefine_plan(dom, tree, f"Drop <os><boot> and boot per device in this order: {names}")
+
+
+# -- root disk -------------------------------------------------------------------
+@check("root-disk-order", scope="domain", area="definition", severity="warning",
+       title="The boot (root) disk is the first disk")
+def root_disk_order(facts, dom):
+    """Looks at which disk the guest boots from (the disk with the lowest
+    per-device `<boot order>`) and whether another disk comes before it in
+    target order (vda before vdb).
+    Why: guests taken over from elsewhere (LVM root, fstab or initramfs naming
+    the first disk) fail to boot unless the root disk is first.
+    No automatic fix: swap the targets (or the order of the disks) so the root
+    disk is the first one."""
+    disks = [d for d in dom.disks if d.device == "disk"]
+    booted = [d for d in disks if d.boot_order is not None]
+    if not booted:
+        return Pass("no per-device boot order on a disk: the first disk boots")
+    from virtdoctor.domxml import disk_name_index
+
+    root = min(booted, key=lambda d: d.boot_order)
+    idx = disk_name_index(root.target)
+    earlier = [d for d in disks if d is not root and d.bus == root.bus and idx is not None
+               and (disk_name_index(d.target) if disk_name_index(d.target) is not None else 1 << 30) < idx]
+    if not earlier:
+        return Pass(f"the boot disk {root.target} is the first {root.bus} disk")
+    first = min(earlier, key=lambda d: disk_name_index(d.target))
+    return Warn(f"the guest boots from {root.target} (boot order {root.boot_order}) but {first.target} comes "
+                f"first: a guest whose root is on the first disk (LVM, fstab, initramfs) may not find it",
+                {"boot_disk": root.target, "first_disk": first.target, "line": root.line})
+
+
+@root_disk_order.fixer
+def root_disk_order_advice(finding, facts, dom):
+    ev = finding.evidence
+    return plan(f"Swap the targets of {ev.get('boot_disk')} and {ev.get('first_disk')} "
+                f"(virsh edit {dom.label}) so the root disk is first", Auto.MANUAL)
+
+
+# -- UEFI and the install cdrom -------------------------------------------------
+def bootable_devices(dom) -> list:
+    """The device elements the firmware may boot from."""
+    per = dom.device_boot_elements
+    if per:
+        return [b.getparent() for b in per]
+    devs = dom.os_boot_devs or ["hd"]
+    out = []
+    for dev in devs:
+        if dev == "hd":
+            out += dom.root.xpath("devices/disk[@device='disk']|devices/disk[not(@device)]")
+        elif dev == "cdrom":
+            out += dom.root.xpath("devices/disk[@device='cdrom']")
+        elif dev == "network":
+            out += dom.root.xpath("devices/interface")
+        elif dev == "fd":
+            out += dom.root.xpath("devices/disk[@device='floppy']")
+    return out
+
+
+@check("uefi-cdrom-source-lost", scope="domain", area="definition", severity="warning",
+       title="A UEFI guest has something to boot besides an empty cdrom")
+def uefi_cdrom_source_lost(facts, dom):
+    """Looks at UEFI domains whose only bootable devices are cdroms without a
+    `<source>` (the install ISO was ejected after the first boot).
+    Why: the guest drops into the UEFI shell after reboot instead of booting.
+    No automatic fix: attach the ISO again (virsh change-media NAME sda ISO
+    --insert) or give the installed disk the first boot order."""
+    if not dom.is_efi:
+        return Pass("not UEFI")
+    from virtdoctor.domxml import Disk
+
+    bootable = bootable_devices(dom)
+    if not bootable:
+        return Pass("no bootable device listed: the firmware tries every device")
+    empty = [el for el in bootable if el.tag == "disk" and el.get("device") == "cdrom"
+             and not Disk(el, 0).has_source]
+    if len(empty) != len(bootable):
+        return Pass("boots from a device with media")
+    targets = ", ".join(Disk(el, 0).target for el in empty)
+    return Warn(f"UEFI guest whose only boot device is the empty cdrom {targets}: it drops into the UEFI shell",
+                {"cdroms": targets})
+
+
+@uefi_cdrom_source_lost.fixer
+def uefi_cdrom_advice(finding, facts, dom):
+    cd = finding.evidence.get("cdroms", "sda").split(",")[0]
+    return plan(f"Insert the ISO again ('virsh change-media {dom.label} {cd} /path/to.iso --insert --config') "
+                "or boot the installed disk first", Auto.MANUAL)
 
 
 @hookimpl
 def virtdoctor_checks():
-    return []
+    return [boot_order_conflict, root_disk_order, uefi_cdrom_source_lost, nvram_undefine, transient_undefine]

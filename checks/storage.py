@@ -1,7 +1,471 @@
-"""Checks of this area are being written (see checks/__init__.py)."""
-from virtdoctor.api import hookimpl
+"""Disks: bus and target names, drive addresses, source files, who may open
+them, cache modes."""
+from __future__ import annotations
+
+import shlex
+
+from virtdoctor.api import Auto, DefineDomain, Fail, Pass, Skip, Warn, check, hookimpl, plan
+
+EMULATED_CDROM_BUS = {"q35": "sata", "i440fx": "ide"}
+
+
+def _redefine(dom, new_tree, summary: str, notes=()):
+    from virtdoctor.domxml import serialise
+
+    notes = list(notes)
+    if dom.info is None:
+        return plan(summary + f" (edit {dom.source})", Auto.MANUAL, notes=notes)
+    if getattr(dom.info, "active", False):
+        notes.append(f"{dom.name} is running: the change applies at its next boot "
+                     f"(virsh shutdown {dom.name}; virsh start {dom.name})")
+    old = dom.info.xml if dom.info.xml.endswith("\n") else dom.info.xml + "\n"
+    return plan(summary, Auto.UNSAFE, DefineDomain(dom.name, serialise(new_tree), old), notes=notes)
+
+
+def _edit_copy(dom):
+    from virtdoctor.domxml import Domain
+
+    tree = dom.copy_tree()
+    return tree, Domain(tree=tree, source=dom.source, subject=dom.subject, info=dom.info)
+
+
+def _free_name(prefix: str, taken: set[str]) -> str:
+    from virtdoctor.domxml import disk_index_name
+
+    i = 0
+    while disk_index_name(prefix, i) in taken:
+        i += 1
+    return disk_index_name(prefix, i)
+
+
+# -- cdrom bus ---------------------------------------------------------------------
+def _cdrom_problems(dom):
+    out = []
+    fam = dom.machine_family
+    for d in dom.disks:
+        if d.device != "cdrom":
+            continue
+        if d.bus in ("virtio", "xen", "sd"):
+            out.append((d, f"cdrom {d.target} on bus {d.bus}: libvirt refuses it with \"disk type of "
+                           f"'{d.target}' does not support ejectable media\" (older releases: \"disk type "
+                           f"'{d.bus}' of '{d.target}' does not support ejectable media\")"))
+        elif d.bus == "ide" and fam == "q35":
+            out.append((d, f"cdrom {d.target} on bus ide, but q35 machines have no IDE controller: "
+                           "use sata"))
+    return out
+
+
+@check("cdrom-on-virtio", scope="domain", area="storage", severity="error",
+       title="Cdroms sit on a bus that takes removable media (sata on q35, ide on i440fx)")
+def cdrom_on_virtio(facts, dom):
+    """Looks at every `<disk device='cdrom'>`'s target bus against the machine type.
+    Why: virtio (and xen, sd) disks cannot eject media: libvirt 9.0.0 refuses
+    with "unsupported configuration: disk type of 'vdb' does not support
+    ejectable media" (older: "disk type 'virtio' of 'vdb' ..."); q35 has no IDE.
+    Fix safety: unsafe (guest-visible device): moves the cdrom to sata (q35) or
+    ide (i440fx), renames its target to match and drops its old address."""
+    problems = _cdrom_problems(dom)
+    if not problems:
+        return Pass("every cdrom is on a bus with removable media")
+    return [Fail(msg, {"target": d.target, "bus": d.bus, "machine": dom.machine, "line": d.line},
+                 key=d.target) for d, msg in problems]
+
+
+@cdrom_on_virtio.fixer
+def cdrom_to_emulated_bus(finding, facts, dom):
+    bus = EMULATED_CDROM_BUS.get(dom.machine_family)
+    if bus is None:
+        return plan(f"Put the cdrom on a bus with removable media (scsi with a virtio-scsi controller on "
+                    f"{dom.machine or dom.arch})", Auto.MANUAL)
+    tree, copy = _edit_copy(dom)
+    prefix = "sd" if bus == "sata" else "hd"
+    taken = {d.target for d in copy.disks}
+    moved = []
+    for d, _msg in _cdrom_problems(copy):
+        new = _free_name(prefix, taken - {d.target} if d.target.startswith(prefix) else taken)
+        taken.discard(d.target)
+        taken.add(new)
+        t = d.el.find("target")
+        moved.append(f"{d.target}->{new}")
+        t.set("dev", new)
+        t.set("bus", bus)
+        addr = d.address
+        if addr is not None:
+            d.el.remove(addr)  # libvirt assigns a drive address from the new name
+    return _redefine(dom, tree, f"Move the cdrom to bus {bus} ({', '.join(moved)})")
+
+
+# -- target names and drive addresses ------------------------------------------------
+def _target_problems(dom):
+    """[(severity, disk, partner, kind, message)] for prefix/bus mismatches, duplicate
+    targets and duplicate drive addresses, as libvirt decides them."""
+    from virtdoctor.domxml import BUS_PREFIX, PREFIX_BUSES, disk_name_prefix, libvirt_disk_order
+
+    out = []
+    seen: dict[str, object] = {}
+    ordered = libvirt_disk_order(dom.disks)
+    for d in ordered:
+        if not d.target:
+            continue
+        if d.target in seen:
+            other = seen[d.target]
+            out.append(("error", d, other, "duplicate-target",
+                        f"target '{d.target}' duplicated (line {other.line} and line {d.line}): libvirt refuses it "
+                        f"with \"XML error: target '{d.target}' duplicated for disk sources "
+                        f"'{other.source_path or '<null>'}' and '{d.source_path or '<null>'}'\""))
+        else:
+            seen[d.target] = d
+    addrs: dict[tuple, object] = {}
+    for d in ordered:
+        a = d.drive_address()
+        if a is None:
+            continue
+        key = (d.bus, a)
+        if key in addrs:
+            first = addrs[key]
+            out.append(("error", d, first, "duplicate-address",
+                        f"disks {first.target} and {d.target} both get {d.bus} drive address controller='{a[0]}' "
+                        f"bus='{a[1]}' target='{a[2]}' unit='{a[3]}': libvirt refuses it with \"Found duplicate "
+                        f"drive address for disk with target name '{first.target}' controller='{a[0]}' "
+                        f"bus='{a[1]}' target='{a[2]}' unit='{a[3]}'\""))
+        else:
+            addrs[key] = d
+    for d in dom.disks:
+        prefix = disk_name_prefix(d.target)
+        t = d.el.find("target")
+        if prefix is None or t is None or not t.get("bus"):
+            continue
+        if d.bus not in PREFIX_BUSES.get(prefix, ()) and d.bus in BUS_PREFIX:
+            out.append(("warning", d, None, "prefix",
+                        f"target {d.target} on bus {d.bus}: the name says {'/'.join(PREFIX_BUSES[prefix])}; "
+                        f"libvirt derives the drive address from the name, so a bus changed without the target "
+                        f"collides with another disk ({BUS_PREFIX[d.bus]}X names match bus {d.bus})"))
+    return out
+
+
+@check("disk-target-bus-mismatch", scope="domain", area="storage", severity="error",
+       title="Disk targets match their bus and are unique, drive addresses do not collide")
+def disk_target_bus_mismatch(facts, dom):
+    """Looks at each disk's target name prefix (vd/hd/sd/fd) against its bus,
+    duplicate target names, and the drive address each disk gets (explicit, or
+    derived from the name as libvirt's virDomainDiskDefAssignAddress does).
+    Why: after a bus is changed but not `target dev`, libvirt refuses the domain
+    with "unsupported configuration: Found duplicate drive address for disk with
+    target name 'hdb' controller='0' bus='0' target='0' unit='1'", or with
+    "target 'sda' duplicated for disk sources ...".
+    Fix safety: unsafe (guest-visible names): renames targets to match their
+    bus with a free name and drops the stale drive address."""
+    problems = _target_problems(dom)
+    if not problems:
+        return Pass("targets match their buses, no duplicate target or drive address")
+    out = []
+    for sev, d, _partner, kind, msg in problems:
+        ev = {"target": d.target, "bus": d.bus, "kind": kind, "line": d.line}
+        out.append(Fail(msg, ev, key=f"{kind}:{d.target}") if sev == "error" else Warn(msg, ev, key=f"{kind}:{d.target}"))
+    return out
+
+
+def _fix_targets(dom):
+    """Edit a copy until no duplicate target or drive address and no prefix
+    mismatch remains; (tree, changes) or None when that is not reachable."""
+    from virtdoctor.domxml import BUS_PREFIX
+
+    tree, copy = _edit_copy(dom)
+    changes = []
+    for _round in range(8):
+        problems = _target_problems(copy)
+        if not problems:
+            return tree, changes
+        sev, d, partner, kind, _msg = problems[0]
+        if partner is not None and _mismatched(partner) and not _mismatched(d):
+            d = partner  # the disk whose bus changed without its name is the one to rename
+        taken = {x.target for x in copy.disks}
+        want = BUS_PREFIX.get(d.bus)
+        t = d.el.find("target")
+        addr = d.address
+        if kind == "duplicate-address" and addr is not None and addr.get("type") == "drive" and \
+                not (want and not d.target.startswith(want)):
+            d.el.remove(addr)
+            changes.append(f"dropped {d.target}'s drive address")
+        elif want is not None:
+            new = _free_name(want, taken)
+            while _collides(copy, d, new):
+                taken.add(new)
+                new = _free_name(want, taken)
+            old = d.target
+            t.set("dev", new)
+            if addr is not None and addr.get("type") == "drive":
+                d.el.remove(addr)
+            changes.append(f"{old}->{new}")
+        else:
+            return None
+        copy = _reparse(tree, copy)
+    return None
+
+
+def _mismatched(disk) -> bool:
+    from virtdoctor.domxml import PREFIX_BUSES, disk_name_prefix
+
+    prefix = disk_name_prefix(disk.target)
+    return prefix is not None and disk.bus not in PREFIX_BUSES.get(prefix, ())
+
+
+def _collides(copy, disk, name: str) -> bool:
+    """Would `disk` renamed to `name` (its address derived from the name) hit another disk's address?"""
+    t = disk.el.find("target")
+    old, addr = t.get("dev"), disk.address
+    t.set("dev", name)
+    if addr is not None and addr.get("type") == "drive":
+        pos = disk.el.index(addr)
+        disk.el.remove(addr)
+    else:
+        addr = None
+    try:
+        mine = disk.drive_address()
+        return mine is not None and any(o.el is not disk.el and o.bus == disk.bus and o.drive_address() == mine
+                                        for o in copy.disks)
+    finally:
+        t.set("dev", old)
+        if addr is not None:
+            disk.el.insert(pos, addr)
+
+
+def _reparse(tree, copy):
+    from virtdoctor.domxml import Domain
+
+    return Domain(tree=tree, source=copy.source, subject=copy.subject, info=copy.info)
+
+
+@disk_target_bus_mismatch.fixer
+def rename_targets(finding, facts, dom):
+    result = _fix_targets(dom)
+    if result is None:
+        return plan("Give each disk a unique target matching its bus (vd: virtio, hd: ide, sd: sata/scsi/usb) "
+                    "and remove stale <address type='drive'> elements", Auto.MANUAL)
+    tree, changes = result
+    return _redefine(dom, tree, f"Rename disk targets to match their bus: {', '.join(changes)}")
+
+
+# -- sources on the host ---------------------------------------------------------------
+def _local_sources(dom):
+    for d in dom.disks:
+        path = d.source_path
+        if path and d.type in ("file", "block") and path.startswith("/"):
+            yield d, path
+
+
+def _host_needed(facts):
+    if facts.offline:
+        raise _offline()
+
+
+def _offline():
+    from virtdoctor.api import FactUnavailable
+
+    return FactUnavailable("--offline: the host's files are not consulted (XML-intrinsic checks only)")
+
+
+@check("disk-source-missing", scope="domain", area="storage", severity="error",
+       title="Disk and cdrom source files exist")
+def disk_source_missing(facts, dom):
+    """Looks at every file and block `<source>` of disks, cdroms and floppies on the host.
+    Why: the start fails with "Cannot access storage file '<path>': No such
+    file or directory" (or QEMU's "Could not open '<path>'").
+    No automatic fix: correct the path, restore the image, or remove the
+    device (a cdrom with startupPolicy='optional' is dropped instead)."""
+    _host_needed(facts)
+    out = []
+    checked = 0
+    for d, path in _local_sources(dom):
+        checked += 1
+        if facts.exists(path) and facts.stat(path) is not None:
+            continue
+        ev = {"target": d.target, "path": path, "device": d.device, "line": d.line}
+        if d.startup_policy == "optional":
+            continue  # libvirt drops the medium and starts
+        out.append(Fail(f"{d.device} {d.target}: {path} does not exist: the start fails with \"Cannot access "
+                        f"storage file '{path}': No such file or directory\"", ev, key=d.target))
+    return out or Pass(f"{checked} local source(s) exist" if checked else "no local disk source")
+
+
+@disk_source_missing.fixer
+def disk_source_missing_advice(finding, facts, dom):
+    ev = finding.evidence
+    tgt = ev.get("target", "")
+    cmd = (f"virsh change-media {dom.label} {tgt} --eject --config" if ev.get("device") == "cdrom"
+           else f"virsh detach-disk {dom.label} {tgt} --config")
+    return plan(f"Restore {ev.get('path')}, point the disk at the right file (virsh edit {dom.label}), "
+                f"or remove it: {cmd}", Auto.MANUAL)
+
+
+def qemu_identity(facts):
+    """(label, uid, gid, gids, dynamic_ownership) QEMU runs with: the calling user on
+    qemu:///session, qemu.conf user/group (plus the user's groups) otherwise.
+    None when QEMU's user does not exist (qemu-user-missing reports that)."""
+    uri = ""
+    try:
+        uri = facts.resolved_uri or ""
+    except Exception:
+        uri = facts.uri or ""
+    if uri.endswith("/session"):
+        acct = facts.account(facts.euid)
+        return ((acct.name if acct else str(facts.euid)), facts.euid, acct.gid if acct else None,
+                (acct.groups if acct else frozenset()), False)
+    q = facts.qemu_account()
+    if q.account is None:
+        return None
+    return q.label, q.uid, q.gid, q.gids, q.dynamic_ownership
+
+
+def _relabelled(dom, disk) -> bool:
+    """Does libvirt's DAC driver chown this image at start? Not with a domain
+    `<seclabel type='none'>` (all models) or a DAC seclabel with relabel='no'
+    (a static DAC label defaults to no), nor a disk-level DAC relabel='no'."""
+    for sl in dom.root.iterfind("seclabel"):
+        model = sl.get("model")
+        if sl.get("type") == "none" and model in (None, "dac"):
+            return False
+        if model == "dac" and (sl.get("relabel") == "no"
+                               or (sl.get("type") == "static" and sl.get("relabel") != "yes")):
+            return False
+    src = disk.source_el
+    if src is not None:
+        for sl in src.iterfind("seclabel"):
+            if sl.get("model", "dac") == "dac" and sl.get("relabel") == "no":
+                return False
+    return True
+
+
+def _parents(path: str) -> list[str]:
+    parts = [p for p in path.split("/") if p][:-1]
+    out, cur = ["/"], ""
+    for p in parts:
+        cur += "/" + p
+        out.append(cur)
+    return out
+
+
+@check("disk-source-permission", scope="domain", area="storage", severity="error",
+       title="QEMU's account can reach and open every disk source")
+def disk_source_permission(facts, dom):
+    """Looks at every directory on the path of each local disk source
+    (traversable: x) and the file itself (read, and write unless readonly)
+    for the user and groups QEMU runs as (qemu.conf user/group, POSIX ACLs
+    honoured). With qemu.conf dynamic_ownership (the default) libvirt chowns
+    the image to QEMU's user at start, but never its parent directories;
+    `shareable` images are chowned too but must stay writable by all users.
+    Why: the start fails with "Cannot access storage file '<path>' (as
+    uid:64055, gid:64055): Permission denied" or QEMU's "Could not open
+    '<path>': Permission denied".
+    No automatic fix (access policy is the admin's call): the exact chmod /
+    setfacl commands are given."""
+    _host_needed(facts)
+    ident = qemu_identity(facts)
+    if ident is None:
+        return Skip(f"QEMU's user {facts.qemu_account().user} does not exist; qemu-user-missing reports that")
+    label, uid, gid, gids, dynamic = ident
+    user = label.split(":")[0]
+    out = []
+    checked = 0
+    for d, path in _local_sources(dom):
+        if not facts.exists(path):
+            continue  # disk-source-missing reports it
+        checked += 1
+        problems, commands = [], []
+        for parent in _parents(path):
+            info = facts.stat(parent)
+            if info is None or not info.is_dir:
+                continue
+            if not info.allowed(uid, gids, "x"):
+                problems.append(f"{parent} ({info.owner}:{info.group} {info.mode_text}"
+                                f"{', ACL ' + info.acl_text if info.acl_text else ''}) is not searchable")
+                commands.append(f"setfacl -m u:{user}:x {shlex.quote(parent)}")
+        info = facts.stat(path)
+        want = "r" if d.readonly else "rw"
+        relabel = dynamic and _relabelled(dom, d)
+        if info is not None:
+            if relabel:
+                # libvirt makes QEMU's user the owner: the owner bits decide
+                owner_bits = (info.perms >> 6) & 7
+                need = 4 | (0 if d.readonly else 2)
+                if owner_bits & need != need:
+                    problems.append(f"{path} mode {info.mode_text}: even after libvirt chowns it to {user} "
+                                    f"the owner has no {want} access")
+                    commands.append(f"chmod u+{want} {shlex.quote(path)}")
+            elif not info.allowed(uid, gids, want):
+                problems.append(f"{path} ({info.owner}:{info.group} {info.mode_text}"
+                                f"{', ACL ' + info.acl_text if info.acl_text else ''}) is not {want} for {label}"
+                                " and libvirt does not relabel it (dynamic_ownership off or seclabel relabel='no')")
+                commands.append(f"setfacl -m u:{user}:{want} {shlex.quote(path)}")
+        if problems:
+            out.append(Fail(f"{d.device} {d.target}: {label} cannot open {path}: " + "; ".join(problems)
+                            + f"; the start fails with \"Cannot access storage file '{path}' (as uid:{uid}, "
+                              f"gid:{gid}): Permission denied\"",
+                            {"target": d.target, "path": path, "qemu": label, "dynamic_ownership": dynamic,
+                             "problems": problems, "commands": commands}, key=d.target))
+    return out or Pass(f"{label} can open {checked} local source(s)" if checked else "no local disk source")
+
+
+@disk_source_permission.fixer
+def disk_permission_advice(finding, facts, dom):
+    from virtdoctor.api import RunCommand
+
+    cmds = finding.evidence.get("commands", [])
+    return plan("Let QEMU's account reach the image: " + "; ".join(cmds)
+                + " (or chmod o+x on the directories, or move the image to /var/lib/libvirt/images)",
+                Auto.MANUAL, *(RunCommand(shlex.split(c)) for c in cmds))
+
+
+# -- cache mode ------------------------------------------------------------------------
+SAFE_CACHE = ("none", "directsync")
+
+
+@check("disk-cache-unsafe", scope="domain", area="storage", severity="warning",
+       title="Disks use cache='none' (safe to migrate, no host page-cache stalls)")
+def disk_cache_unsafe(facts, dom):
+    """Looks at `<driver cache>` and `io` of every writable disk.
+    Why: libvirt refuses live migration with "Migration may lead to data
+    corruption if disks use cache other than none or directsync"; writeback or
+    unsafe caching lets a disk benchmark fill the host page cache and stall the
+    VM; io='native' without cache='none' falls back to threads.
+    Fix safety: unsafe (changes I/O behaviour): cache='none', io='native' for
+    block devices and io='threads' for files."""
+    out = []
+    for d in dom.disks:
+        if d.device not in ("disk", "lun") or d.readonly:
+            continue
+        drv = d.driver
+        cache = drv.get("cache") if drv is not None else None
+        io = drv.get("io") if drv is not None else None
+        if cache is not None and cache not in SAFE_CACHE:
+            out.append(Warn(f"disk {d.target} uses cache='{cache}': not safe to migrate, and heavy guest I/O "
+                            "goes through the host page cache (a disk benchmark can stall the VM)",
+                            {"target": d.target, "cache": cache, "io": io, "line": d.line}, key=d.target))
+        elif io == "native" and cache not in SAFE_CACHE:
+            out.append(Warn(f"disk {d.target} asks io='native' with the default cache: QEMU falls back to "
+                            "io='threads'; io='native' needs cache='none' or 'directsync'",
+                            {"target": d.target, "cache": cache, "io": io, "line": d.line}, key=d.target))
+    return out or Pass("no writable disk with a host-cached mode")
+
+
+@disk_cache_unsafe.fixer
+def cache_none(finding, facts, dom):
+    tree, copy = _edit_copy(dom)
+    changed = []
+    for d in copy.disks:
+        if d.device not in ("disk", "lun") or d.readonly:
+            continue
+        drv = d.driver
+        cache = drv.get("cache") if drv is not None else None
+        io = drv.get("io") if drv is not None else None
+        if (cache is not None and cache not in SAFE_CACHE) or (io == "native" and cache not in SAFE_CACHE):
+            drv.set("cache", "none")
+            drv.set("io", "native" if d.type == "block" else "threads")
+            changed.append(f"{d.target}: cache='none' io='{drv.get('io')}'")
+    return _redefine(dom, tree, "Set " + "; ".join(changed))
 
 
 @hookimpl
 def virtdoctor_checks():
-    return []
+    return [cdrom_on_virtio, disk_target_bus_mismatch, disk_source_missing, disk_source_permission,
+            disk_cache_unsafe]

@@ -1,0 +1,128 @@
+"""`virtdoctor preflight FILE.xml [FILE.xml ...]` (or `-` for stdin): before a
+domain is defined, everything that will go wrong with it, like a linter.
+
+Each input is checked against libvirt's RelaxNG schema first, then by every
+domain-scope check of the registry (built-in and plugins) against this host's
+capabilities; with --offline only the XML-intrinsic checks run and the ones
+that need the host skip with the reason. Nothing is ever defined.
+
+One report for all inputs (one JSON document, command "preflight"), each
+finding's subject `xml:PATH` (`xml:-` for stdin); per input, schema findings
+come first. Exit status: 2 when an error-severity check failed, 1 when only
+warnings did, 0 when clean, and 3 when an input is unusable (unreadable, not
+XML, not a domain, no <name>, entity declarations, too large, empty stdin).
+Unusable inputs are reported one line each on stderr (and under "errors" in
+the JSON document); the usable ones are still checked and reported, as a
+linter does, but the run exits 3 so a provisioning script never proceeds.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from virtdoctor import domxml
+from virtdoctor.commands import _common
+from virtdoctor.model import ToolError, exit_status
+from virtdoctor.render import json as jsonr
+
+SCHEMA_SLUG = "schema-invalid"
+EXIT_UNUSABLE = 3
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("preflight", help="check domain XML files before defining them (schema + domain checks)",
+                       description="Validate domain XML against libvirt's schema and run every domain check "
+                                   "against this host, without defining anything. '-' reads stdin, e.g. "
+                                   "'virt-install ... --print-xml | virtdoctor preflight -'.")
+    p.add_argument("files", nargs="+", metavar="FILE", help="domain XML file, or - for stdin")
+    _common.add_selection(p, domain=False)
+    p.set_defaults(run=run)
+
+
+def read_input(path: str, stdin=None) -> bytes:
+    """The bytes of one input, at most MAX_XML_BYTES (+1 to detect more).
+    ToolError with a one-line reason when it cannot be read."""
+    limit = domxml.MAX_XML_BYTES + 1
+    if path == "-":
+        stream = stdin if stdin is not None else sys.stdin
+        if stream is None:
+            raise ToolError("-: stdin is closed")
+        try:
+            buf = getattr(stream, "buffer", stream)
+            data = buf.read(limit)
+        except (OSError, ValueError) as exc:
+            raise ToolError(f"-: cannot read stdin: {getattr(exc, 'strerror', None) or exc}") from None
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        if not data or not data.strip():
+            raise ToolError("-: stdin is empty, no domain XML to check")
+        return data
+    try:
+        if os.path.isdir(path):
+            raise ToolError(f"{path}: is a directory")
+        with open(path, "rb") as fh:
+            return fh.read(limit)
+    except FileNotFoundError:
+        raise ToolError(f"{path}: no such file") from None
+    except PermissionError:
+        raise ToolError(f"{path}: permission denied") from None
+    except OSError as exc:
+        raise ToolError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+def load(path: str, stdin=None) -> domxml.Domain:
+    """Read and parse one input into a Domain with subject xml:PATH."""
+    data = read_input(path, stdin)
+    dom = domxml.parse_domain(data, path, subject=f"xml:{path}")
+    if dom.name is None:
+        raise domxml.DomainXMLError(f"{path}: the domain has no <name>: libvirt cannot define it")
+    return dom
+
+
+def ordered_checks(checks: list) -> list:
+    """Domain-scope checks, schema validation first."""
+    doms = [c for c in checks if c.scope == "domain"]
+    return [c for c in doms if c.slug == SCHEMA_SLUG] + [c for c in doms if c.slug != SCHEMA_SLUG]
+
+
+def preflight(ctx, facts, checks, domains: list[domxml.Domain]) -> list:
+    """Findings for each domain in input order, schema findings first."""
+    lookup = _common.knowledge_lookup(ctx)
+    from virtdoctor import engine
+
+    findings = []
+    for dom in domains:
+        for chk in checks:
+            findings.extend(engine.run_check(chk, facts, dom, lookup))
+    return findings
+
+
+def run(args, ctx) -> int:
+    checks = ordered_checks(_common.selected_checks(ctx, args))
+    if args.files.count("-") > 1:
+        raise ToolError("usage: '-' (stdin) can be given once")
+    domains, errors = [], []
+    seen = set()
+    for path in args.files:
+        if path in seen:
+            continue
+        seen.add(path)
+        try:
+            domains.append(load(path))
+        except ToolError as exc:
+            errors.append({"input": path, "error": str(exc)})
+    facts = ctx.facts()
+    findings = preflight(ctx, facts, checks, domains)
+    for e in errors:
+        print(f"virtdoctor: {e['error']}", file=ctx.err)
+    if ctx.fmt == "json":
+        target = _common.target(ctx, facts)
+        target["inputs"] = [d.source for d in domains]
+        jsonr.dump(jsonr.document("preflight", target, findings, errors=errors), ctx.out)
+    elif domains:
+        from virtdoctor.render.text import render_findings
+
+        render_findings(ctx.console, findings, verbose=ctx.verbose)
+    if errors:
+        return EXIT_UNUSABLE
+    return exit_status(findings)
