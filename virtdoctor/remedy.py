@@ -85,6 +85,13 @@ def _meta(real: str) -> dict[str, Any]:
 
 def backup_path(env: Env, host_path: str, record: list[dict]) -> None:
     """Record a path's content (regular files and dirs' metadata) before change."""
+    real = env.path(host_path)
+    if not os.path.lexists(real):
+        # an action creating the path also creates its missing parents: record the
+        # highest missing one, so that a rollback removes all it added
+        parent = os.path.dirname(host_path)
+        while parent not in ("/", "") and not os.path.lexists(env.path(parent)):
+            host_path, parent = parent, os.path.dirname(parent)
     if any(r["path"] == host_path for r in record):
         return
     real = env.path(host_path)
@@ -519,15 +526,21 @@ def apply_plan(fplan: FixPlan, env: Env, slug: str, subject: str, recheck: Calla
             action.apply(env)
             done.append(action)
         out.applied = True
-        ok, message = recheck()
+        try:
+            ok, message = recheck()
+        except Exception as exc:  # e.g. FactUnavailable: the fix is not proven, undo it
+            ok, message = False, f"{type(exc).__name__}: {exc}"
         out.verified = ok
         if ok:
             out.status = "fixed"
             return out
         out.detail = f"re-check still fails: {message}"
-    except (ActionError, OSError) as exc:
-        out.detail = f"{type(exc).__name__ if isinstance(exc, OSError) else 'failed'}: {exc}"
+    except Exception as exc:  # whatever an action raises, what was done is undone
+        out.detail = f"{'failed' if isinstance(exc, ActionError) else type(exc).__name__}: {exc}"
         out.applied = bool(done)
+    except BaseException:  # interrupted: put the host back, then stop
+        _rollback(env, backup, done)
+        raise
     _rollback(env, backup, done)
     out.status = "rolled-back" if out.applied or done else "failed"
     return out
