@@ -3,8 +3,13 @@ can it write its log."""
 from __future__ import annotations
 
 import os
+import signal
+import socket as _socket
+import time
+from dataclasses import dataclass, field
 
-from virtdoctor.api import (Auto, Fail, MakeDir, Pass, RunCommand, Skip, check, hookimpl, plan)
+from virtdoctor.api import (Action, Auto, Fail, MakeDir, Pass, RunCommand, SetConfKey, Skip, Warn, check, hookimpl,
+                            plan)
 
 RUN_DIR = "/run/libvirt"
 LOG_DIR = "/var/log/libvirt"
@@ -188,6 +193,225 @@ def create_log_dir(finding, facts):
                 notes=["start the daemon afterwards if it exited (daemon-socket-missing)"])
 
 
+QEMU_CONF = "/etc/libvirt/qemu.conf"
+DBUS_SOCKET = "/run/dbus/system_bus_socket"
+DBUS_DAEMONS = ("dbus-daemon", "dbus-broker", "dbus-broker-lau")
+
+
+@check("qemu-user-missing", scope="host", area="daemon", severity="error",
+       title="The user and group QEMU runs as exist")
+def qemu_user_missing(facts):
+    """Looks at `user` and `group` in /etc/libvirt/qemu.conf (or the build's default
+    account, libvirt-qemu on Debian) against the root's /etc/passwd and /etc/group; a
+    qemu.conf with a syntax error is reported here with its file:line, because the daemon
+    cannot read user/group from it either.
+    Why: the QEMU driver does not load: "Failed to parse user 'libvirt-qemu'", then
+    "Initialization of QEMU state driver failed", and the daemon exits.
+    Fix safety: unsafe; points qemu.conf at an existing account (which owns the disk images
+    and /dev/kvm access from then on) and restarts the daemon so it reads the file."""
+    if not facts.is_dir("/etc/libvirt") and facts.which("libvirtd") is None and facts.which("virtqemud") is None:
+        return Skip("libvirt is not installed (no /etc/libvirt, no libvirtd or virtqemud)")
+    try:
+        facts.conf(QEMU_CONF)
+    except Exception as exc:
+        if hasattr(exc, "line") and hasattr(exc, "path"):
+            return Fail(f"cannot read user/group from {QEMU_CONF}: syntax error at {exc.path}:{exc.line}: "
+                        f"{getattr(exc, 'msg', exc)} (the daemon refuses the file as well)",
+                        {"file": exc.path, "line": exc.line, "error": str(exc)})
+        raise
+    qemu = facts.qemu_account()
+    evidence = {"user": qemu.user, "group": qemu.group, "source": qemu.source,
+                "user_exists": qemu.account is not None, "group_exists": qemu.gid is not None}
+    where = "qemu.conf" if qemu.source == "qemu.conf" else "the built-in default (qemu.conf sets no user)"
+    if qemu.account is None:
+        return Fail(f"user '{qemu.user}' from {where} does not exist in /etc/passwd: the daemon fails with "
+                    f"\"invalid argument: Failed to parse user '{qemu.user}'\" and \"Initialization of QEMU state driver failed\"",
+                    evidence)
+    if qemu.gid is None:
+        return Fail(f"group '{qemu.group}' from {where} does not exist in /etc/group: the daemon fails with "
+                    f"\"invalid argument: Failed to parse group '{qemu.group}'\" and \"Initialization of QEMU state driver failed\"",
+                    evidence)
+    return Pass(f"QEMU runs as {qemu.user}:{qemu.group} ({where}); both exist", evidence)
+
+
+def _account_candidates(facts, qemu) -> tuple[str | None, str | None]:
+    """An existing user and group for qemu.conf: the distribution's QEMU account first."""
+    user = qemu.user if qemu.account is not None else None
+    if user is None:
+        for name in ("libvirt-qemu", "qemu"):
+            if facts.account(name) is not None:
+                user = name
+                break
+    group = qemu.group if qemu.gid is not None else None
+    if group is None and user is not None:
+        for name in (user, "kvm"):
+            if facts.group(name) is not None:
+                group = name
+                break
+        if group is None:
+            acct = facts.account(user)
+            grp = facts.group(acct.gid) if acct else None
+            group = grp.name if grp else None
+    return user, group
+
+
+@dataclass
+class RestartDaemon(Action):
+    """Stop a daemon by its pids (SIGTERM, wait, SIGKILL) and start it again with
+    `NAME -d`, then wait until its socket accepts a connection. When it was not running
+    it is only started. The pids are the ones seen when planning, checked again by name."""
+
+    name: str
+    pids: list[int] = field(default_factory=list)
+    socket: str = ""
+    wait_seconds: float = 30.0
+    touches: tuple[str, ...] = ()
+
+    def command(self) -> str:
+        if self.pids:
+            return f"kill {' '.join(map(str, self.pids))} && {self.name} -d"
+        return f"{self.name} -d"
+
+    def describe(self) -> str:
+        return (f"restart {self.name} (pid {', '.join(map(str, self.pids))}) so it reads the new configuration"
+                if self.pids else f"start {self.name}")
+
+    def _alive(self, env, pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as fh:
+                data = fh.read()
+        except OSError:
+            return False
+        comm = data[data.index("(") + 1:data.rindex(")")]
+        state = data[data.rindex(")") + 2:][:1]
+        return comm == self.name[:15] and state not in ("Z", "X")
+
+    def _stop(self, env) -> None:
+        from virtdoctor.remedy import ActionError
+
+        mine = [p for p in self.pids if self._alive(env, p)]
+        for pid in mine:
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while any(self._alive(env, p) for p in mine):
+            if time.monotonic() > deadline:
+                for pid in mine:
+                    if self._alive(env, pid):
+                        os.kill(pid, signal.SIGKILL)
+                time.sleep(0.5)
+                if any(self._alive(env, p) for p in mine):
+                    raise ActionError(f"{self.name} (pid {mine}) does not exit")
+                break
+            time.sleep(0.05)
+
+    def _answers(self, env) -> bool:
+        s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        s.settimeout(1.0)
+        try:
+            s.connect(env.path(self.socket))
+            return True
+        except OSError:
+            return False
+        finally:
+            s.close()
+
+    def apply(self, env) -> None:
+        from virtdoctor.remedy import ActionError
+
+        if self.pids and env.root not in ("", "/"):
+            raise ActionError(f"not stopping processes of the live host for --root {env.root}")
+        self._stop(env)
+        env.command([self.name, "-d"])
+        if self.socket:
+            deadline = time.monotonic() + self.wait_seconds
+            while not self._answers(env):
+                if time.monotonic() > deadline:
+                    raise ActionError(f"{self.name} started but {self.socket} did not answer within "
+                                      f"{self.wait_seconds:g} s (see /var/log/libvirt/{self.name}.log)")
+                time.sleep(0.1)
+
+
+def restart_action(facts, daemon: str):
+    """How to make the daemon re-read its configuration: systemctl where systemd runs,
+    else stop by pid and start again (or just start when it is not running)."""
+    pids = [p.pid for p in facts.process_named(daemon)]
+    if _has_systemd(facts):
+        return RunCommand(["systemctl", "restart", f"{daemon}.service"], f"systemctl restart {daemon}",
+                          wait_for=socket_path(daemon)), bool(pids)
+    return RestartDaemon(daemon, pids, socket_path(daemon)), bool(pids)
+
+
+@qemu_user_missing.fixer
+def point_qemu_conf_at_account(finding, facts):
+    ev = finding.evidence
+    if "line" in ev:
+        return plan(f"Correct the syntax error at {ev['file']}:{ev['line']}", Auto.MANUAL,
+                    notes=[ev.get("error", ""), "then restart the daemon so it reads the file"])
+    qemu = facts.qemu_account()
+    user, group = _account_candidates(facts, qemu)
+    if user is None or group is None:
+        return plan("Create QEMU's account, or point qemu.conf at an existing one", Auto.MANUAL,
+                    RunCommand(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                                "--gid", "kvm", qemu.user], f"create the user {qemu.user}"),
+                    notes=["no libvirt-qemu or qemu account exists on this host"])
+    actions = []
+    if user != qemu.user or qemu.source != "qemu.conf":
+        actions.append(SetConfKey(QEMU_CONF, "user", user))
+    if group != qemu.group or qemu.source != "qemu.conf" or qemu.gid is None:
+        actions.append(SetConfKey(QEMU_CONF, "group", group))
+    daemon = "virtqemud" if daemon_mode(facts) == "modular" else MONOLITHIC
+    restart, running = restart_action(facts, daemon)
+    actions.append(restart)
+    notes = [f"{daemon} reads qemu.conf only at start: "
+             + (f"it is restarted (pid {', '.join(str(p.pid) for p in facts.process_named(daemon))}); "
+                "running guests keep running" if running else "it is not running and is started")]
+    notes.append(f"QEMU will run as {user}:{group}: disk images, /dev/kvm and other files must be "
+                 "reachable by that account (dynamic_ownership relabels images)")
+    return plan(f"Set user = \"{user}\" and group = \"{group}\" in {QEMU_CONF} and restart {daemon}",
+                Auto.UNSAFE, *actions, notes=notes)
+
+
+@check("dbus-unavailable", scope="host", area="daemon", severity="warning",
+       title="The D-Bus system bus is reachable")
+def dbus_unavailable(facts):
+    """Looks at the system bus socket /run/dbus/system_bus_socket and a dbus-daemon or
+    dbus-broker process.
+    Why: the daemon then logs "DBus not available, disabling firewalld support in
+    bridge_network_driver" and non-root clients authorised through polkit fail with
+    "internal error: Unable to get system bus connection: Could not connect: No such file or
+    directory". Root on the local socket still works, hence a warning.
+    Fix: manual; start the system bus (service dbus start, or dbus-daemon --system)."""
+    node = facts.stat(DBUS_SOCKET)
+    procs = [p for name in DBUS_DAEMONS for p in facts.process_named(name)]
+    evidence = {"socket": DBUS_SOCKET, "socket_exists": node is not None,
+                "bus_pids": [p.pid for p in procs], "dbus_installed": facts.which("dbus-daemon") is not None}
+    consequence = ("non-root clients using polkit fail with \"internal error: Unable to get system bus "
+                   "connection: Could not connect: No such file or directory\" and firewalld support is "
+                   "disabled in the network driver")
+    if node is None:
+        return Warn(f"the system bus socket {DBUS_SOCKET} does not exist: {consequence}", evidence)
+    if not node.is_socket:
+        return Warn(f"{DBUS_SOCKET} is not a socket: {consequence}", evidence)
+    if not procs and facts.is_live and not _has_systemd(facts):
+        return Warn(f"{DBUS_SOCKET} exists but no dbus-daemon or dbus-broker runs (a stale socket): "
+                    f"{consequence}", evidence)
+    return Pass(f"the system bus listens on {DBUS_SOCKET}", evidence)
+
+
+@dbus_unavailable.fixer
+def start_dbus(finding, facts):
+    if _has_systemd(facts):
+        cmd = RunCommand(["systemctl", "start", "dbus.socket", "dbus.service"], "systemctl start dbus")
+    else:
+        cmd = RunCommand(["dbus-daemon", "--system", "--fork"], "start the system bus by hand",
+                         wait_for=DBUS_SOCKET)
+    notes = ["then restart the libvirt daemon: it looks for the bus only at start"]
+    if not finding.evidence.get("dbus_installed"):
+        notes.insert(0, "dbus is not installed: apt install dbus (dbus-daemon)")
+    return plan("Start the D-Bus system bus", Auto.MANUAL, RunCommand(["mkdir", "-p", "/run/dbus"]), cmd,
+                notes=notes)
+
+
 @hookimpl
 def virtdoctor_checks():
-    return [daemon_socket_missing, daemon_log_dir_missing]
+    return [daemon_socket_missing, daemon_log_dir_missing, qemu_user_missing, dbus_unavailable]
