@@ -1,35 +1,69 @@
 """`virtdoctor diagnose NAME [--start]`: why does this VM not start?
 
 Gathers the domain's state and reason, persistent/autostart flags, the tail of
-its QEMU log since the last start attempt, the daemon log lines that mention
-it and, with --start, the libvirt error of one real start attempt. Every text
-is matched against the knowledge base, and the domain's checks plus the host
-checks run too. Causes are ranked: a message match confirmed by a failing
-check first, then failing checks, then unconfirmed message matches.
+its QEMU log since the last start attempt, the daemon log records that mention
+it (or, with --start, that were written during the attempt) and, with --start,
+the libvirt error of one real start attempt. Every text is matched against the
+knowledge base, and the domain's checks plus the host checks run too.
+
+Causes are ranked in tiers (`rank`):
+
+1. confirmed: a message names the slug and its check fails;
+2. the error itself: the start attempt's error, the connection error or the
+   QEMU log of the latest start names the slug (no check confirms it: the check
+   may not exist, skip, or miss this case);
+3. a failing error-severity check on the domain;
+4. a failing error-severity check on the host (or the URI);
+5. hints: a slug named only by the daemon log or by the QEMU log of an earlier
+   start attempt.
+
+Within a tier the knowledge base's match score decides. When libvirt cannot be
+reached, the host checks still run (daemon-socket-missing then comes first)
+and the domain's persistent XML is read from /etc/libvirt/qemu/NAME.xml when
+it is there.
 """
 from __future__ import annotations
 
+import datetime as _dt
 import re
+from dataclasses import dataclass, field
 
 from rich.markup import escape
 
 from virtdoctor import domxml
 from virtdoctor.commands import _common
-from virtdoctor.model import FactUnavailable, Severity, Status, ToolError
+from virtdoctor.model import FactUnavailable, Finding, Severity, Status, ToolError, exit_status
 from virtdoctor.render import json as jsonr
 from virtdoctor.render.text import render_findings
 
 QEMU_LOG_DIR = "/var/log/libvirt/qemu"
+QEMU_CONF_DIR = "/etc/libvirt/qemu"
 DAEMON_LOGS = ("/var/log/libvirt/libvirtd.log", "/var/log/libvirt/virtqemud.log")
-START_MARK = re.compile(r"starting up libvirt version")
-CONFIRMED, CHECK_ONLY = 1000, 500
+DAEMON_CONFS = ("/etc/libvirt/libvirtd.conf", "/etc/libvirt/virtqemud.conf")
+QEMU_LOG_BYTES = 256 * 1024
+DAEMON_LOG_BYTES = 2 * 1024 * 1024
+
+# "2026-11-25 21:02:22.673+0000: starting up libvirt version: 9.0.0, ..." (src/qemu/qemu_process.c)
+START_MARK = re.compile(r"^(?P<ts>\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(?:\.\d+)?[+-]\d{4}): starting up libvirt version")
+# "2026-11-25 21:02:33.018+0000: 21630: error : qemuValidateDomainDef:1294 : ..." (src/util/virlog.c)
+DAEMON_LINE = re.compile(r"^(?P<ts>\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(?:\.\d+)?[+-]\d{4}): \d+: "
+                         r"(?P<level>debug|info|warning|error) : ")
+
+# ranking tiers (a cause's score is its tier plus at most 100 from the message match)
+CONFIRMED, ERROR_TEXT, DOMAIN_CHECK, HOST_CHECK, HINT = 3000, 2000, 1000, 500, 0
+DIRECT_SOURCES = ("start", "connection", "qemu log")
+TIER_NAMES = {CONFIRMED: "confirmed", ERROR_TEXT: "error message", DOMAIN_CHECK: "domain check fails",
+              HOST_CHECK: "host check fails", HINT: "hint"}
+START_SLACK = _dt.timedelta(seconds=2)  # clock and log-write slack around a start attempt
 
 DEBUG_ADVICE = [
     "Nothing known matched. To see what libvirt does, enable debug logs:",
-    "  in /etc/libvirt/libvirtd.conf (or virtqemud.conf): log_filters=\"1:qemu 1:libvirt 3:object 3:json 3:event 1:util\"",
-    "  and log_outputs=\"1:file:/var/log/libvirt/libvirtd.log\", then restart the daemon;",
-    "  for a client: LIBVIRT_DEBUG=1 virsh start NAME 2>debug.log",
-    "Look for the first 'error :' line and the QEMU command line in /var/log/libvirt/qemu/NAME.log.",
+    "  in /etc/libvirt/libvirtd.conf (virtqemud.conf with modular daemons):",
+    '    log_filters="1:qemu 1:libvirt 3:object 3:json 3:event 1:util"',
+    '    log_outputs="1:file:/var/log/libvirt/libvirtd.log"',
+    "  then restart the daemon; for a client: LIBVIRT_DEBUG=1 virsh start NAME 2>debug.log",
+    "Look for the first ' error : ' line, and for QEMU's own last lines and its command line in",
+    "/var/log/libvirt/qemu/NAME.log; 'virtdoctor explain --log FILE' maps a log to known causes.",
 ]
 
 
@@ -42,96 +76,251 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def qemu_log_since_start(facts, name: str) -> tuple[list[str], str | None]:
-    """Lines of /var/log/libvirt/qemu/NAME.log since its last 'starting up' mark."""
-    path = f"{QEMU_LOG_DIR}/{name}.log"
+# --------------------------------------------------------------------------- logs
+
+def _log_time(text: str) -> _dt.datetime | None:
+    """A daemon/QEMU-log timestamp ("2026-11-25 21:02:22.673+0000") as an aware datetime."""
+    for fmt in ("%Y-%m-%d %H:%M:%S.%f%z", "%Y-%m-%d %H:%M:%S%z"):
+        try:
+            return _dt.datetime.strptime(text, fmt)
+        except ValueError:
+            continue
+    return None
+
+
+@dataclass
+class QemuLog:
+    """The part of /var/log/libvirt/qemu/NAME.log written since the last start attempt."""
+
+    path: str
+    lines: list[str] = field(default_factory=list)  # the start mark and QEMU's output
+    command_lines: int = 0  # lines of environment and command line left out of `lines`
+    started: _dt.datetime | None = None  # time of the last "starting up" mark
+    attempts: int = 0  # start marks in the part read
+    problem: str | None = None  # why there is nothing to show
+
+    def fresh_since(self, when: _dt.datetime | None) -> bool:
+        """Whether the last start mark was written at or after `when` (None: no attempt made)."""
+        if when is None:
+            return True
+        return self.started is not None and self.started >= when - START_SLACK
+
+
+def qemu_log_since_start(facts, name: str) -> QemuLog:
+    """Lines of /var/log/libvirt/qemu/NAME.log since its last 'starting up libvirt version' mark
+    (libvirt appends one per start attempt; the log is never truncated by libvirt)."""
+    log = QemuLog(f"{QEMU_LOG_DIR}/{name}.log")
     try:
-        text = facts.read_tail(path, 256 * 1024)
+        text = facts.read_tail(log.path, QEMU_LOG_BYTES)
     except FactUnavailable as exc:
-        return [], f"{exc} (run as root to read QEMU's logs)"
+        log.problem = f"{exc} (QEMU's logs are readable by root only)"
+        return log
     if text is None:
-        return [], f"{path} does not exist (the domain never started here, or logs go elsewhere)"
+        log.problem = f"{log.path} does not exist (the domain never reached QEMU here, or logs go elsewhere)"
+        return log
     lines = text.splitlines()
-    starts = [i for i, line in enumerate(lines) if START_MARK.search(line)]
-    return (lines[starts[-1]:] if starts else lines), None
+    starts = [i for i, line in enumerate(lines) if START_MARK.match(line)]
+    log.attempts = len(starts)
+    if starts:
+        first = starts[-1]
+        log.started = _log_time(START_MARK.match(lines[first]).group("ts"))
+        # libvirt writes the environment and the command line, one argument per line
+        # ending in " \\", the last one without: QEMU's own output follows
+        end = first + 1
+        while end < len(lines) and lines[end].endswith("\\"):
+            end += 1
+        if end > first + 1 and end < len(lines):
+            end += 1
+        log.command_lines = end - first - 1
+        log.lines = [lines[first]] + lines[end:]
+    else:
+        log.lines = lines
+    return log
 
 
-def daemon_lines(facts, name: str, uuid: str | None, limit: int) -> tuple[list[str], list[str]]:
-    """error/warning lines of the daemon log that mention the domain."""
+def daemon_log_paths(facts) -> list[str]:
+    """The daemon log files: the defaults plus every `N:file:PATH` of log_outputs in
+    libvirtd.conf / virtqemud.conf."""
+    paths = list(DAEMON_LOGS)
+    for conf in DAEMON_CONFS:
+        outputs = facts.conf_value(conf, "log_outputs", None)
+        if not isinstance(outputs, str):
+            continue
+        for item in outputs.split():
+            parts = item.split(":", 2)
+            if len(parts) == 3 and parts[1] == "file" and parts[2] not in paths:
+                paths.append(parts[2])
+    return paths
+
+
+def _mentions(name: str, uuid: str | None):
+    keys = [re.escape(k) for k in (name, uuid) if k]
+    return re.compile(r"(?<![\w.-])(?:" + "|".join(keys) + r")(?![\w-])")
+
+
+def daemon_records(facts, name: str, uuid: str | None, *, window: tuple | None = None,
+                   paths: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """error/warning records of the daemon logs that name the domain (by name or UUID), or,
+    with `window=(since, until)`, that were written in that time span (libvirt's errors
+    rarely name the domain: `Cannot check QEMU binary ...`). A record is a daemon log line
+    plus its continuation lines (the QEMU tail libvirt quotes spans several lines).
+    Returns (lines, problems)."""
     found: list[str] = []
     problems: list[str] = []
-    keys = [k for k in (name, uuid) if k]
-    for path in DAEMON_LOGS:
+    mention = _mentions(name, uuid)
+    seen_any = False
+    for path in paths if paths is not None else daemon_log_paths(facts):
         try:
-            text = facts.read_tail(path, 2 * 1024 * 1024)
+            text = facts.read_tail(path, DAEMON_LOG_BYTES)
         except FactUnavailable as exc:
             problems.append(str(exc))
             continue
         if text is None:
             continue
-        for line in text.splitlines():
-            if (": error :" in line or ": warning :" in line) and any(k in line for k in keys):
-                found.append(line)
-    return found[-limit:], problems
+        seen_any = True
+        record: list[str] = []
+        keep = False
+        for line in text.splitlines() + [""]:
+            m = DAEMON_LINE.match(line)
+            if m or not line.strip():
+                if record and keep:
+                    found.extend(record)
+                record, keep = [], False
+                if not m:
+                    continue
+                if m.group("level") not in ("error", "warning"):
+                    continue
+                record = [line]
+                keep = bool(mention.search(line))
+                if not keep and window is not None:
+                    ts = _log_time(m.group("ts"))
+                    keep = ts is not None and window[0] - START_SLACK <= ts <= window[1] + START_SLACK
+            elif record:
+                record.append(line)
+                keep = keep or bool(mention.search(line))
+    if not seen_any and not problems:
+        problems.append("no daemon log file found (" + ", ".join(DAEMON_LOGS)
+                        + "): on systemd hosts see 'journalctl -u libvirtd -u virtqemud'")
+    return found, problems
 
 
-def _matches(kb, texts: list[tuple[str, str]]) -> dict[str, dict]:
-    """slug -> best message match over (source, text) pairs."""
+# --------------------------------------------------------------------------- ranking
+
+def message_matches(kb, texts: list[tuple[str, str]]) -> dict[str, dict]:
+    """slug -> its best message match over (source, text) pairs: a match in a direct source
+    (DIRECT_SOURCES) beats one in a hint source, then the higher score wins."""
     best: dict[str, dict] = {}
     for source, text in texts:
-        if not text:
+        if not text or kb is None:
             continue
+        direct = source in DIRECT_SOURCES
         for m in kb.match(text):
             cur = best.get(m.id)
-            if cur is None or m.score > cur["score"]:
-                best[m.id] = {"score": m.score, "source": source, "line": m.line, "match": m}
+            if cur is None or (direct, m.score) > (cur["direct"], cur["score"]):
+                best[m.id] = {"score": m.score, "source": source, "line": m.line, "direct": direct}
     return best
 
 
-def rank(kb, matches: dict[str, dict], findings) -> list[dict]:
-    failing: dict[str, list] = {}
+def rank(kb, matches: dict[str, dict], findings: list[Finding], name: str) -> list[dict]:
+    """Causes, most likely first (see the module docstring for the tiers)."""
+    failing: dict[str, list[Finding]] = {}
+    passing: dict[str, list[Finding]] = {}
     for f in findings:
         if f.status is Status.FAIL:
             failing.setdefault(f.id, []).append(f)
-    causes = []
+        elif f.status is Status.PASS:
+            passing.setdefault(f.id, []).append(f)
+    dom_subject = f"domain:{name}"
     # a failing check alone is a cause only at error severity: a warning (say
     # disk-cache-unsafe) does not stop a domain from starting
     blocking = {slug for slug, fs in failing.items() if any(f.severity is Severity.ERROR for f in fs)}
+    causes = []
     for slug in set(matches) | blocking:
         m = matches.get(slug)
         fs = failing.get(slug, [])
+        errors = [f for f in fs if f.severity is Severity.ERROR]
         entry = kb.get(slug) if kb is not None else None
-        score = 0.0
         evidence: dict = {}
         if m:
-            score += m["score"]
             evidence["message"] = {"source": m["source"], "line": m["line"]}
         if fs:
-            sev_bonus = 50 if any(f.severity is Severity.ERROR for f in fs) else 0
-            score += (CONFIRMED if m else CHECK_ONLY) + sev_bonus
-            evidence["checks"] = [{"subject": f.subject, "message": f.message} for f in fs]
+            evidence["checks"] = [{"subject": f.subject, "status": f.status.value, "message": f.message}
+                                  for f in fs]
+        elif m and slug in passing:
+            evidence["checks_pass"] = [{"subject": f.subject, "message": f.message} for f in passing[slug]]
+        if m and fs:
+            tier = CONFIRMED
+        elif m and m["direct"]:
+            tier = ERROR_TEXT
+        elif errors and any(f.subject == dom_subject for f in errors):
+            tier = DOMAIN_CHECK
+        elif errors:
+            tier = HOST_CHECK
+        else:
+            tier = HINT
+        score = tier + (round(100 * m["score"], 1) if m else 0) + (10 if errors else 0)
         fix = next((f.fix.to_dict() for f in fs if f.fix), None)
         if fix is None and entry is not None:
             fix = {"summary": entry.fix, "commands": list(entry.commands), "auto": "manual"}
         title = (entry.title if entry is not None else None) or (fs[0].title if fs else slug)
-        causes.append({"id": slug, "score": round(score, 2), "title": title, "evidence": evidence, "fix": fix,
-                       "confirmed": bool(m and fs)})
+        causes.append({"id": slug, "score": score, "title": title, "evidence": evidence, "fix": fix,
+                       "confirmed": tier == CONFIRMED, "tier": TIER_NAMES[tier],
+                       "_subjects": sorted({f.subject for f in fs})})
     causes.sort(key=lambda c: (-c["score"], c["id"]))
     return causes
+
+
+def add_fix_commands(causes: list[dict], registry, name: str, domain_known: bool) -> None:
+    """`virtdoctor fix --only SLUG [--domain NAME] [--unsafe]` on causes whose failing check has
+    a fixer that virtdoctor may apply (safe or unsafe)."""
+    fixable = {c.slug for c in registry.values() if c.fixer_func is not None}
+    for c in causes:
+        subjects = c.pop("_subjects", [])
+        fix = c["fix"]
+        if c["id"] not in fixable or not fix or fix.get("auto") not in ("safe", "unsafe") or not subjects:
+            continue
+        cmd = f"virtdoctor fix --only {c['id']}"
+        if domain_known and f"domain:{name}" in subjects:
+            cmd += f" --domain {name}"
+        if fix["auto"] == "unsafe":
+            cmd += " --unsafe"
+        fix["command"] = cmd
+
+
+# --------------------------------------------------------------------------- the command
+
+def _offline_xml(facts, name: str) -> tuple[domxml.Domain | None, str | None]:
+    """The persistent config libvirt keeps in /etc/libvirt/qemu/NAME.xml, for when the
+    daemon cannot be asked: (Domain or None, note)."""
+    path = f"{QEMU_CONF_DIR}/{name}.xml"
+    try:
+        text = facts.read_text(path)
+    except FactUnavailable as exc:
+        return None, str(exc)
+    if text is None:
+        return None, f"{path} does not exist: cannot tell whether {name} is defined"
+    try:
+        return domxml.parse_domain(text, path, subject=f"domain:{name}"), f"domain XML read from {path}"
+    except ToolError as exc:
+        return None, f"{path}: {exc}"
+
+
+def _now() -> _dt.datetime:
+    return _dt.datetime.now(_dt.timezone.utc)
 
 
 def run(args, ctx) -> int:
     facts = ctx.facts()
     name = args.name
+    if args.lines < 0:
+        raise ToolError("usage: --lines must be 0 or more")
     try:
         kb = ctx.knowledge
     except ToolError:
         raise
-    except Exception:
+    except Exception:  # the knowledge module is missing or broken: rank by checks alone
         kb = None
     checks = list(ctx.registry.values())
-    host_checks = [c for c in checks if c.scope in ("host", "uri")]
-    dom_checks = [c for c in checks if c.scope == "domain"]
     info = None
     reach_error = None
     try:
@@ -143,65 +332,98 @@ def run(args, ctx) -> int:
 
     report: dict = {"domain": {"name": name}}
     texts: list[tuple[str, str]] = []
+    notes: list[str] = []
+    offline_dom = None
     if reach_error:
         report["domain"]["error"] = reach_error
         texts.append(("connection", reach_error))
+        offline_dom, note = _offline_xml(facts, name)
+        notes.append(note)
+        if offline_dom is not None:
+            report["domain"]["config"] = offline_dom.source
     if info is not None:
         report["domain"].update({"state": info.state_name, "reason": info.reason_name,
                                  "persistent": info.persistent, "autostart": info.autostart,
                                  "uuid": info.uuid, "id": info.id if info.active else None})
     start = None
-    if args.start and info is not None:
-        if info.active:
+    window = None
+    if args.start:
+        if info is None:
+            start = {"attempted": False, "started": False,
+                     "error": f"not attempted: libvirt is not reachable ({reach_error})"}
+        elif info.active:
             start = {"attempted": False, "started": True, "error": "already running"}
         else:
             from virtdoctor.facts.libvirt import start_domain
 
+            before = _now()
             try:
                 ok, err = start_domain(facts.resolved_uri, name, timeout=max(60.0, facts.timeout))
             except FactUnavailable as exc:
                 ok, err = False, str(exc)
-            start = {"attempted": True, "started": ok, "error": err}
+            window = (before, _now())
+            start = {"attempted": True, "started": ok, "error": "" if ok else err}
             if err and not ok:
                 texts.insert(0, ("start", err))
         report["start"] = start
-    qemu_lines, qemu_problem = qemu_log_since_start(facts, name)
-    dmn_lines, dmn_problems = daemon_lines(facts, name, info.uuid if info else None, args.lines)
-    report["logs"] = {"qemu": qemu_lines[-args.lines:], "daemon": dmn_lines,
-                      "problems": [p for p in [qemu_problem, *dmn_problems] if p]}
-    texts.append(("qemu log", "\n".join(qemu_lines)))
-    texts.append(("daemon log", "\n".join(dmn_lines)))
 
+    qlog = qemu_log_since_start(facts, name)
+    fresh = qlog.fresh_since(window[0] if window else None)
+    dmn_lines, dmn_problems = daemon_records(facts, name, info.uuid if info else None, window=window)
+    report["logs"] = {
+        "qemu": qlog.lines[-args.lines:] if args.lines else [],
+        "qemu_started": qlog.started.isoformat() if qlog.started else None,
+        "qemu_current": fresh and not qlog.problem,
+        "qemu_command_lines": qlog.command_lines,
+        "daemon": dmn_lines[-args.lines:] if args.lines else [],
+        "problems": [p for p in [qlog.problem, *dmn_problems, *notes] if p],
+    }
+    if qlog.lines:
+        texts.append(("qemu log" if fresh else "qemu log, earlier start", "\n".join(qlog.lines)))
+    if dmn_lines:
+        texts.append(("daemon log", "\n".join(dmn_lines)))
+
+    # the checks, on what the next start will use (fresh facts after a start attempt)
+    if start and start.get("attempted"):
+        facts = ctx.facts()
     domains = []
     if info is not None:
-        fresh = ctx.facts() if start and start.get("attempted") else facts
         try:
-            domains = [domxml.from_info(fresh.libvirt.domain(name) or info)]
-        except ToolError:
-            domains = []
-        facts = fresh
-    findings = _common.run_checks(ctx, facts, host_checks + dom_checks, domains)
-    relevant = [f for f in findings if f.subject in ("host", f"domain:{name}") or f.subject.startswith("uri:")]
-    matches = _matches(kb, texts) if kb is not None else {}
-    causes = rank(kb, matches, relevant)
-    fixable = {c.slug for c in checks if c.fixer_func is not None}
-    for c in causes:
-        if c["id"] in fixable and c["fix"] and c["fix"].get("auto") in ("safe", "unsafe"):
-            c["fix"]["command"] = f"virtdoctor fix --only {c['id']} --domain {name}" + \
-                (" --unsafe" if c["fix"]["auto"] == "unsafe" else "")
+            latest = facts.libvirt.domain(name) or info
+        except FactUnavailable:
+            latest = info
+        try:
+            domains = [domxml.from_info(latest)]
+        except ToolError as exc:
+            report["logs"]["problems"].append(f"libvirt's XML of {name} does not parse: {exc}")
+    elif offline_dom is not None:
+        domains = [offline_dom]
+    findings = _common.run_checks(ctx, facts, checks, domains)
+    findings = [f for f in findings if not f.subject.startswith(("domain:", "xml:"))
+                or f.subject == f"domain:{name}"]
+    causes = rank(kb, message_matches(kb, texts), findings, name)
+    add_fix_commands(causes, ctx.registry, name, domain_known=info is not None)
 
     if ctx.fmt == "json":
-        doc = jsonr.document("diagnose", {**_common.target(ctx, facts), "domain": name}, relevant,
-                             causes=causes, **report)
+        extra = {"causes": causes, **report}
+        if not causes:
+            extra["advice"] = [line.replace("NAME", name) for line in DEBUG_ADVICE]
+        doc = jsonr.document("diagnose", {**_common.target(ctx, facts), "domain": name}, findings, **extra)
         jsonr.dump(doc, ctx.out)
     else:
-        _render(ctx, name, report, causes, relevant)
-    if start and start.get("started"):
-        return 0 if not any(c["confirmed"] for c in causes) else 1
-    if any(c["score"] >= CHECK_ONLY and any(f.severity is Severity.ERROR for f in relevant
-                                            if f.id == c["id"] and f.status is Status.FAIL) for c in causes):
+        _render(ctx, name, report, causes, findings)
+    return _status(start, causes, findings)
+
+
+def _status(start, causes, findings) -> int:
+    """0: nothing wrong (or it started and no check fails); 1: only warnings; 2: the start
+    failed, the error names a known cause, or an error-severity check fails."""
+    status = exit_status(findings)
+    if start and start.get("attempted") and not start.get("started"):
         return 2
-    return 1 if causes else 0
+    if any(c["tier"] in ("confirmed", "error message") for c in causes):
+        return 2
+    return status
 
 
 def _render(ctx, name, report, causes, findings) -> None:
@@ -210,46 +432,52 @@ def _render(ctx, name, report, causes, findings) -> None:
     con.print(f"[bold]Domain {escape(name)}[/bold]")
     if "state" in d:
         flags = ", ".join(x for x in ("persistent" if d["persistent"] else "transient",
-                                      "autostart" if d["autostart"] else "") if x)
+                                      "autostart" if d["autostart"] else "no autostart") if x)
         con.print(f"  state: {d['state']} ({d['reason']}); {flags}")
     if d.get("error"):
         con.print(f"  [red]libvirt not reachable:[/red] {escape(d['error'])}")
     st = report.get("start")
     if st:
         if st["started"]:
-            con.print("  [green]start: it started[/green]" + (" (already running)" if not st["attempted"] else
-                                                              "; left running"))
+            con.print("  [green]start: it started[/green]" + (" (it was already running)" if not st["attempted"]
+                                                              else "; left running"))
         else:
             con.print(f"  [red]start failed:[/red] {escape(st['error'])}")
     logs = report["logs"]
     if logs["qemu"]:
-        con.print(f"\n[bold]QEMU log since the last start[/bold] ({QEMU_LOG_DIR}/{escape(name)}.log)")
+        when = "the last start" if logs["qemu_current"] else "an earlier start (this attempt did not reach QEMU)"
+        con.print(f"\n[bold]QEMU log since {when}[/bold] ({QEMU_LOG_DIR}/{escape(name)}.log"
+                  + (f", {logs['qemu_command_lines']} lines of command line left out)"
+                     if logs["qemu_command_lines"] else ")"))
         for line in logs["qemu"]:
             con.print(f"  [dim]{escape(line)}[/dim]")
     if logs["daemon"]:
-        con.print("\n[bold]Daemon log lines about it[/bold]")
+        con.print("\n[bold]Daemon log records about it[/bold]")
         for line in logs["daemon"]:
             con.print(f"  [dim]{escape(line)}[/dim]")
     for p in logs["problems"]:
         con.print(f"  [dim]note: {escape(p)}[/dim]")
     con.print("\n[bold]Likely causes[/bold]" if causes else "\n[bold]No known cause found[/bold]")
     for i, c in enumerate(causes, 1):
-        tag = "confirmed" if c["confirmed"] else ("check fails" if "checks" in c["evidence"] else "message")
-        con.print(f" {i}. {escape(c['id'])}: {escape(c['title'])} [dim]({tag}, score {c['score']})[/dim]")
+        con.print(f" {i}. {escape(c['id'])}: {escape(c['title'])} [dim]({c['tier']}, score {c['score']:g})[/dim]")
         msg = c["evidence"].get("message")
         if msg:
             con.print(f"    seen in {msg['source']}: {escape(msg['line'] or '')}")
         for chk in c["evidence"].get("checks", []):
-            con.print(f"    check: {escape(chk['message'])}")
+            con.print(f"    check fails: {escape(chk['message'])}")
+        for chk in c["evidence"].get("checks_pass", []):
+            con.print(f"    [dim]its check passes now: {escape(chk['message'])}[/dim]")
         if c["fix"]:
             con.print(f"    fix: {escape(c['fix']['summary'])}")
             for cmd in c["fix"].get("commands", []):
                 con.print(f"      $ {escape(cmd)}")
             if c["fix"].get("command"):
-                con.print(f"      or: {escape(c['fix']['command'])}")
+                con.print(f"      or let virtdoctor do it: {escape(c['fix']['command'])}")
     if not causes:
         for line in DEBUG_ADVICE:
             con.print(escape(line.replace("NAME", name)))
-    failing = [f for f in findings if f.status is Status.FAIL and f.id not in {c["id"] for c in causes}]
+    shown = {c["id"] for c in causes}
+    failing = [f for f in findings if f.status is Status.FAIL and f.id not in shown]
     if failing:
+        con.print()
         render_findings(con, failing, title="Other failing checks", fix_hint=False)
