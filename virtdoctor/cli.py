@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         ctx = Context.from_args(args)
         return args.run(args, ctx)
     except ToolError as exc:
-        print(f"virtdoctor: {exc}", file=sys.stderr)
+        print(f"virtdoctor: {_one_line(exc)}", file=sys.stderr)
         return EXIT_TOOL
     except KeyboardInterrupt:
         print("virtdoctor: interrupted", file=sys.stderr)
@@ -88,5 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # the contract: one line, status 3, no traceback
         if os.environ.get("VIRTDOCTOR_TRACEBACK"):
             raise
-        print(f"virtdoctor: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"virtdoctor: internal error: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
         return EXIT_TOOL
+
+
+def _one_line(exc: BaseException) -> str:
+    """The contract is one line on stderr: the first non-blank line of the message."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
