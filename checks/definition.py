@@ -2,7 +2,7 @@
 the install cdrom of a UEFI guest."""
 from __future__ import annotations
 
-from virtdoctor.api import Auto, DefineDomain, Fail, Pass, Skip, Warn, check, hookimpl, plan
+from virtdoctor.api import Auto, DefineDomain, Fail, Pass, Skip, Warn, WriteFile, check, hookimpl, plan
 
 NVRAM_DIR = "/var/lib/libvirt/qemu/nvram"
 
@@ -14,8 +14,12 @@ def redefine_plan(dom, new_tree, summary: str, notes: list[str] | tuple[str, ...
     from virtdoctor.domxml import serialise
 
     notes = list(notes)
-    if dom.info is None:
-        return plan(summary + f" (edit {dom.source})", Auto.MANUAL, notes=notes)
+    if dom.info is None:  # an XML file (preflight): the fix edits the file, never defines
+        path = dom.extra.get("file")
+        if path:
+            notes.append(f"then define it: virsh define --validate {path}")
+            return plan(summary + f" in {path}", Auto.UNSAFE, WriteFile(path, serialise(new_tree)), notes=notes)
+        return plan(summary + f" (edit the XML of {dom.source})", Auto.MANUAL, notes=notes)
     if getattr(dom.info, "active", False):
         notes.append(f"{dom.name} is running: the change applies at its next boot "
                      f"(virsh shutdown {dom.name}; virsh start {dom.name})")
@@ -173,23 +177,19 @@ def boot_order_per_device(finding, facts, dom):
 
     tree, copy = _edit_copy(dom)
     order = merged_boot_order(copy)
+    from virtdoctor.domxml import append_child, insert_before, remove_element
+
     for b in copy.root.findall("os/boot"):
-        b.getparent().remove(b)
+        remove_element(b)
     for b in copy.device_boot_elements:
-        b.getparent().remove(b)
+        remove_element(b)
     for i, dev in enumerate(order, 1):
         boot = etree.Element("boot", order=str(i))
-        # <boot> goes before <address> when there is one (libvirt's own order)
-        addr = dev.find("address")
-        prev = addr.getprevious() if addr is not None else (dev[-1] if len(dev) else None)
-        indent = prev.tail if prev is not None and prev.tail else "\n"
+        addr = dev.find("address")  # <boot> goes before <address>, as libvirt writes it
         if addr is not None:
-            addr.addprevious(boot)
-            boot.tail = indent
+            insert_before(addr, boot)
         else:
-            if prev is not None:  # keep pretty-printing: child indent before, closing indent after
-                boot.tail, prev.tail = prev.tail, dev.text
-            dev.append(boot)
+            append_child(dev, boot)
     names = ", ".join(_device_label(d.find("boot")) for d in order)
     return redefine_plan(dom, tree, f"Drop <os><boot> and boot per device in this order: {names}")
 

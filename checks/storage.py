@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shlex
 
-from virtdoctor.api import Auto, DefineDomain, Fail, Pass, Skip, Warn, check, hookimpl, plan
+from virtdoctor.api import Auto, DefineDomain, Fail, Pass, Skip, Warn, WriteFile, check, hookimpl, plan
 
 EMULATED_CDROM_BUS = {"q35": "sata", "i440fx": "ide"}
 
@@ -13,13 +13,23 @@ def _redefine(dom, new_tree, summary: str, notes=()):
     from virtdoctor.domxml import serialise
 
     notes = list(notes)
-    if dom.info is None:
-        return plan(summary + f" (edit {dom.source})", Auto.MANUAL, notes=notes)
+    if dom.info is None:  # an XML file (preflight): the fix edits the file, never defines
+        path = dom.extra.get("file")
+        if path:
+            notes.append(f"then define it: virsh define --validate {path}")
+            return plan(summary + f" in {path}", Auto.UNSAFE, WriteFile(path, serialise(new_tree)), notes=notes)
+        return plan(summary + f" (edit the XML of {dom.source})", Auto.MANUAL, notes=notes)
     if getattr(dom.info, "active", False):
         notes.append(f"{dom.name} is running: the change applies at its next boot "
                      f"(virsh shutdown {dom.name}; virsh start {dom.name})")
     old = dom.info.xml if dom.info.xml.endswith("\n") else dom.info.xml + "\n"
     return plan(summary, Auto.UNSAFE, DefineDomain(dom.name, serialise(new_tree), old), notes=notes)
+
+
+def remove_element(el):
+    from virtdoctor.domxml import remove_element as rm
+
+    rm(el)
 
 
 def _edit_copy(dom):
@@ -82,16 +92,21 @@ def cdrom_to_emulated_bus(finding, facts, dom):
     taken = {d.target for d in copy.disks}
     moved = []
     for d, _msg in _cdrom_problems(copy):
-        new = _free_name(prefix, taken - {d.target} if d.target.startswith(prefix) else taken)
-        taken.discard(d.target)
-        taken.add(new)
         t = d.el.find("target")
-        moved.append(f"{d.target}->{new}")
-        t.set("dev", new)
+        old = d.target
         t.set("bus", bus)
         addr = d.address
         if addr is not None:
-            d.el.remove(addr)  # libvirt assigns a drive address from the new name
+            remove_element(addr)  # libvirt assigns a drive address from the new name
+        taken.discard(old)
+        new = old if old.startswith(prefix) and not _collides(copy, d, old) else None
+        while new is None or _collides(copy, d, new):
+            if new is not None:
+                taken.add(new)
+            new = _free_name(prefix, taken)
+        taken.add(new)
+        t.set("dev", new)
+        moved.append(f"{old}->{new}" if new != old else f"{old} to {bus}")
     return _redefine(dom, tree, f"Move the cdrom to bus {bus} ({', '.join(moved)})")
 
 
@@ -130,6 +145,19 @@ def _target_problems(dom):
                         f"bus='{a[1]}' target='{a[2]}' unit='{a[3]}'\""))
         else:
             addrs[key] = d
+    hostdev_addrs = {}
+    for hd in dom.root.iterfind("devices/hostdev[@type='scsi']"):
+        a = hd.find("address[@type='drive']")
+        if a is not None:
+            hostdev_addrs[tuple(int(a.get(k, "0"), 0) for k in ("controller", "bus", "target", "unit"))] = hd
+    for d in ordered:
+        a = d.drive_address()
+        if d.bus == "scsi" and d.address is None and a in hostdev_addrs:
+            out.append(("error", d, None, "hostdev-address",
+                        f"disk {d.target}'s derived SCSI address is taken by the SCSI host device at line "
+                        f"{hostdev_addrs[a].sourceline}: libvirt refuses it with \"using disk target name "
+                        f"'{d.target}' conflicts with SCSI host device address controller='{a[0]}' bus='{a[1]}' "
+                        f"target='{a[2]}' unit='{a[3]}'\""))
     for d in dom.disks:
         prefix = disk_name_prefix(d.target)
         t = d.el.find("target")
@@ -185,7 +213,7 @@ def _fix_targets(dom):
         addr = d.address
         if kind == "duplicate-address" and addr is not None and addr.get("type") == "drive" and \
                 not (want and not d.target.startswith(want)):
-            d.el.remove(addr)
+            remove_element(addr)
             changes.append(f"dropped {d.target}'s drive address")
         elif want is not None:
             new = _free_name(want, taken)
@@ -195,7 +223,7 @@ def _fix_targets(dom):
             old = d.target
             t.set("dev", new)
             if addr is not None and addr.get("type") == "drive":
-                d.el.remove(addr)
+                remove_element(addr)
             changes.append(f"{old}->{new}")
         else:
             return None
@@ -211,7 +239,8 @@ def _mismatched(disk) -> bool:
 
 
 def _collides(copy, disk, name: str) -> bool:
-    """Would `disk` renamed to `name` (its address derived from the name) hit another disk's address?"""
+    """Would `disk` renamed to `name` (its address derived from the name) hit
+    another disk's or a SCSI host device's drive address?"""
     t = disk.el.find("target")
     old, addr = t.get("dev"), disk.address
     t.set("dev", name)
@@ -222,8 +251,14 @@ def _collides(copy, disk, name: str) -> bool:
         addr = None
     try:
         mine = disk.drive_address()
-        return mine is not None and any(o.el is not disk.el and o.bus == disk.bus and o.drive_address() == mine
-                                        for o in copy.disks)
+        if mine is None:
+            return False
+        if disk.bus == "scsi":
+            for hd in copy.root.iterfind("devices/hostdev[@type='scsi']"):
+                a = hd.find("address[@type='drive']")
+                if a is not None and tuple(int(a.get(k, "0"), 0) for k in ("controller", "bus", "target", "unit")) == mine:
+                    return True
+        return any(o.el is not disk.el and o.bus == disk.bus and o.drive_address() == mine for o in copy.disks)
     finally:
         t.set("dev", old)
         if addr is not None:

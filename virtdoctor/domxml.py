@@ -7,6 +7,7 @@ with a one-line message).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -217,9 +218,57 @@ def _int(value: str | None) -> int:
 
 
 def serialise(tree: etree._ElementTree | etree._Element) -> str:
-    """Domain XML text of an (edited) tree, as libvirt would take it."""
+    """Domain XML text of an (edited) tree in libvirt's own style (attribute
+    values in single quotes), so a diff against libvirt's XML shows only the edit."""
     el = tree.getroot() if isinstance(tree, etree._ElementTree) else tree
-    return etree.tostring(el, encoding="unicode") + "\n"
+    return single_quotes(etree.tostring(el, encoding="unicode")) + "\n"
+
+
+_SKIP = re.compile(r"(<!--.*?-->|<!\[CDATA\[.*?\]\]>|<\?.*?\?>)", re.S)
+_TAG = re.compile(r"<[A-Za-z_][^<>]*>")
+_ATTR = re.compile(r'(\s[^\s=<>"\']+)="([^"]*)"')
+
+
+def single_quotes(text: str) -> str:
+    """Rewrite attribute quoting in start tags from lxml's "v" to libvirt's 'v'
+    (values holding a ' keep double quotes); comments, CDATA and text untouched.
+
+    >>> print(single_quotes('<a b="1" c="x">b="2"</a>'))
+    <a b='1' c='x'>b="2"</a>
+    """
+    def tag(m: re.Match) -> str:
+        return _ATTR.sub(lambda a: a.group(0) if "'" in a.group(2) else f"{a.group(1)}='{a.group(2)}'", m.group(0))
+
+    parts = _SKIP.split(text)
+    return "".join(p if i % 2 else _TAG.sub(tag, p) for i, p in enumerate(parts))
+
+
+def remove_element(el: etree._Element) -> None:
+    """Remove `el`, keeping the indentation of what follows (lxml drops the
+    element's tail with it)."""
+    parent = el.getparent()
+    prev = el.getprevious()
+    if prev is not None:
+        prev.tail = el.tail
+    else:
+        parent.text = el.tail if el.tail is not None else parent.text
+    parent.remove(el)
+
+
+def append_child(parent: etree._Element, child: etree._Element) -> None:
+    """Append `child` as the last child, indented like its siblings."""
+    if len(parent):
+        last = parent[-1]
+        child.tail, last.tail = last.tail, parent.text
+    parent.append(child)
+
+
+def insert_before(ref: etree._Element, child: etree._Element) -> None:
+    """Insert `child` just before `ref`, indented like `ref`."""
+    prev = ref.getprevious()
+    indent = prev.tail if prev is not None else ref.getparent().text
+    ref.addprevious(child)
+    child.tail = indent
 
 
 def element_path(el: etree._Element) -> str:

@@ -76,6 +76,8 @@ def load(path: str, stdin=None) -> domxml.Domain:
     dom = domxml.parse_domain(data, path, subject=f"xml:{path}")
     if dom.name is None:
         raise domxml.DomainXMLError(f"{path}: the domain has no <name>: libvirt cannot define it")
+    if path != "-":
+        dom.extra["file"] = os.path.abspath(path)  # fix plans rewrite the file itself
     return dom
 
 
