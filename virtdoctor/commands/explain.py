@@ -167,6 +167,8 @@ def _print_unknown(text: str, ctx) -> None:
     w("Unknown: no catalogue entry matches this message.\n")
     shown = [(k, parsed[k]) for k in ("code", "prefix", "domain", "errno", "strerror", "function",
                                       "level", "timestamp", "context", "detail") if k in parsed]
+    if "code" not in parsed and parsed.get("message"):
+        shown.append(("message", parsed["message"]))
     if shown:
         w("What it says:\n")
         for k, v in shown:
