@@ -601,7 +601,7 @@ def macvtap_source_enslaved(facts, dom):
         link = links.get(dev)
         if link is None:
             evidence["devices"][dev] = {"exists": False}
-            bad.append(f"{dev} does not exist: \"Cannot get interface flags on '{dev}': No such device\"")
+            bad.append(f"{dev} does not exist: \"Unable to get index for interface {dev}: No such device\"")
             continue
         top, chain = _top_device(links, dev)
         evidence["devices"][dev] = {"exists": True, "master": link.master, "chain": chain,

@@ -1,0 +1,213 @@
+"""Live tests of the network checks on the real daemon: each breaks the host the way the
+catalogue says, shows libvirt's real error, shows virtdoctor's finding, fixes what can be
+fixed, proves it with a real guest or network, and puts the host back in fixtures."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import uuid
+
+import libvirt
+import pytest
+
+import vmhelpers
+from vmhelpers import start_and_prove
+
+DNSMASQ = "/usr/sbin/dnsmasq"
+HIDDEN = DNSMASQ + ".vdtest-hidden"
+
+
+def findings(stdout: str, slug: str, subject: str | None = None) -> list[dict]:
+    doc = json.loads(stdout)
+    return [f for f in doc["findings"] if f["id"] == slug and (subject is None or f["subject"] == subject)]
+
+
+def ip(*args):
+    subprocess.run(["ip", *args], check=True, capture_output=True, text=True, timeout=10)
+
+
+@pytest.fixture
+def default_network(libvirt_conn):
+    """The 'default' network as the test found it, put back afterwards (active, autostart)."""
+    net = libvirt_conn.networkLookupByName("default")
+    before = (bool(net.isActive()), bool(net.autostart()))
+    yield net
+    conn = vmhelpers.wait_for_uri(None, 30)
+    try:
+        net = conn.networkLookupByName("default")
+        if before[0] and not net.isActive():
+            net.create()
+        net.setAutostart(1 if before[1] else 0)
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def links():
+    """Creates links named vdtest-*; deletes every one of them afterwards."""
+    made = []
+
+    def add(*args):
+        ip("link", "add", *args)
+        made.append(args[0])
+
+    yield add
+    for name in reversed(made):
+        if os.path.lexists(f"/sys/class/net/{name}"):
+            subprocess.run(["ip", "link", "del", name], capture_output=True, timeout=10)
+
+
+@pytest.fixture
+def hidden_dnsmasq():
+    """Renames /usr/sbin/dnsmasq aside for the test's `with` block and always puts it back,
+    also when the test fails or a previous run died with it hidden."""
+    if os.path.exists(HIDDEN) and not os.path.exists(DNSMASQ):
+        os.rename(HIDDEN, DNSMASQ)
+
+    class Hide:
+        def __enter__(self):
+            os.rename(DNSMASQ, HIDDEN)
+            return self
+
+        def __exit__(self, *exc):
+            if os.path.exists(HIDDEN):
+                os.rename(HIDDEN, DNSMASQ)
+
+    yield Hide()
+    if os.path.exists(HIDDEN):
+        os.rename(HIDDEN, DNSMASQ)
+    assert os.access(DNSMASQ, os.X_OK)
+
+
+def test_inactive_default_network_found_fixed_and_guest_starts(default_network, vm_xml, define_vm,
+                                                               run_virtdoctor, libvirt_conn):
+    name = "vdtest-net-default"
+    dom = define_vm(vm_xml(name, network="default", memory_mib=64))
+    if default_network.isActive():
+        default_network.destroy()
+    default_network.setAutostart(0)
+
+    with pytest.raises(libvirt.libvirtError) as err:
+        dom.create()
+    assert "network 'default' is not active" in str(err.value)
+
+    rc, out, _ = run_virtdoctor("--format", "json", "check", "--only", "default-network-inactive",
+                                "--domain", name)
+    host = findings(out, "default-network-inactive", "host")
+    domf = findings(out, "default-network-inactive", f"domain:{name}")
+    assert host[0]["status"] == "fail" and host[0]["severity"] == "error", host
+    assert "default" in host[0]["evidence"]["inactive"] and name in host[0]["evidence"]["used_by"]["default"]
+    assert domf[0]["status"] == "fail"
+    assert "Requested operation is not valid: network 'default' is not active" in domf[0]["message"]
+    assert domf[0]["fix"]["auto"] == "safe"
+    assert rc == 2
+
+    rc, out, err_text = run_virtdoctor("--format", "json", "fix", "--yes", "--only", "default-network-inactive",
+                                       "--domain", name, "--backup-dir", "/tmp/vdtest-backups")
+    doc = json.loads(out)
+    statuses = {(a["subject"], a["status"]) for a in doc["actions"]}
+    assert ("host", "fixed") in statuses, (doc["actions"], err_text)
+
+    net = libvirt_conn.networkLookupByName("default")
+    assert net.isActive() and net.autostart()
+    proof = start_and_prove(dom)
+    assert proof.cpu_time_ns > 0
+    rc, out, _ = run_virtdoctor("--format", "json", "check", "--only", "default-network-inactive", "--domain", name)
+    assert {f["status"] for f in findings(out, "default-network-inactive")} == {"pass"}
+
+
+def test_missing_dnsmasq_nat_network_fails_and_is_found(hidden_dnsmasq, libvirt_conn, run_virtdoctor):
+    xml = ("<network><name>vdtest-nat</name><bridge name='vdtest-nat0'/><forward mode='nat'/>"
+           "<ip address='10.252.77.1' netmask='255.255.255.0'><dhcp>"
+           "<range start='10.252.77.2' end='10.252.77.9'/></dhcp></ip></network>")
+    net = libvirt_conn.networkDefineXML(xml)  # vdtest-*: removed by the leftover sweep too
+    try:
+        with hidden_dnsmasq:
+            with pytest.raises(libvirt.libvirtError) as err:
+                net.create()
+            rc, out, _ = run_virtdoctor("--format", "json", "check", "--only", "dnsmasq-missing")
+        assert "Unable to find 'dnsmasq' binary in $PATH: No such file or directory" in str(err.value)
+        (f,) = findings(out, "dnsmasq-missing")
+        assert f["status"] == "fail" and f["severity"] == "error", f
+        assert "vdtest-nat" in f["evidence"]["networks_needing_dnsmasq"]
+        assert "Unable to find 'dnsmasq' binary in $PATH" in f["message"]
+        assert f["fix"]["auto"] == "manual" and "dnsmasq" in " ".join(f["fix"]["commands"])
+        # dnsmasq back: the network starts and the check passes
+        net.create()
+        assert net.isActive()
+        rc, out, _ = run_virtdoctor("--format", "json", "check", "--only", "dnsmasq-missing")
+        assert findings(out, "dnsmasq-missing")[0]["status"] == "pass"
+    finally:
+        if net.isActive():
+            net.destroy()
+        net.undefine()
+
+
+def test_bridge_source_that_is_a_veth_and_macvtap_on_a_bridge_port(links, vm_xml, define_vm, run_virtdoctor,
+                                                                    libvirt_conn):
+    links("vdtest-br0", "type", "bridge")
+    links("vdtest-v0", "type", "veth", "peer", "name", "vdtest-v1")
+    ip("link", "set", "vdtest-v1", "master", "vdtest-br0")
+    for dev in ("vdtest-br0", "vdtest-v0", "vdtest-v1"):
+        ip("link", "set", dev, "up")
+
+    # a veth where a bridge belongs
+    bad_bridge = define_vm(vm_xml("vdtest-net-notbr", memory_mib=64, devices=(
+        "    <interface type='bridge'><source bridge='vdtest-v0'/><model type='virtio'/></interface>")))
+    with pytest.raises(libvirt.libvirtError) as err:
+        bad_bridge.create()
+    assert "Unable to add bridge vdtest-v0 port vnet" in str(err.value)
+    assert "Operation not supported" in str(err.value)
+    rc, out, _ = run_virtdoctor("--format", "json", "check", "--only", "bridge-source-not-bridge",
+                                "--domain", "vdtest-net-notbr")
+    (f,) = findings(out, "bridge-source-not-bridge")
+    assert f["status"] == "fail" and "Unable to add bridge vdtest-v0 port vnet0: Operation not supported" in f["message"]
+
+    # macvtap on a device that is a bridge port
+    mac = "52:54:00:7d:00:01"
+    direct = define_vm(vm_xml("vdtest-net-macvtap", memory_mib=64, devices=(
+        f"    <interface type='direct'><mac address='{mac}'/><source dev='vdtest-v1' mode='bridge'/>"
+        "<model type='virtio'/></interface>")))
+    with pytest.raises(libvirt.libvirtError) as err:
+        direct.create()
+    assert "error creating macvtap interface macvtap" in str(err.value)
+    assert f"@vdtest-v1 ({mac}): Device or resource busy" in str(err.value)
+    rc, out, _ = run_virtdoctor("--format", "json", "check", "--only", "macvtap-source-enslaved",
+                                "--domain", "vdtest-net-macvtap")
+    (f,) = findings(out, "macvtap-source-enslaved")
+    assert f["status"] == "fail" and f["severity"] == "error"
+    assert f"error creating macvtap interface macvtap0@vdtest-v1 ({mac}): Device or resource busy" in f["message"]
+    assert f["fix"]["auto"] == "unsafe"
+
+    # the unsafe fix turns the NIC into a port of the bridge that owns vdtest-v1; the guest starts
+    rc, out, err_text = run_virtdoctor("--format", "json", "fix", "--yes", "--unsafe", "--only",
+                                       "macvtap-source-enslaved", "--domain", "vdtest-net-macvtap",
+                                       "--backup-dir", "/tmp/vdtest-backups")
+    actions = json.loads(out)["actions"]
+    assert [a["status"] for a in actions] == ["fixed"], (actions, err_text)
+    fixed = libvirt_conn.lookupByName("vdtest-net-macvtap")
+    xml = fixed.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    assert "<source bridge='vdtest-br0'/>" in xml and mac in xml
+    start_and_prove(fixed)
+
+    # and a free device takes a macvtap: the check passes where libvirt succeeds
+    ok = define_vm(vm_xml("vdtest-net-macvtap-ok", memory_mib=64, devices=(
+        "    <interface type='direct'><source dev='vdtest-v0' mode='bridge'/><model type='virtio'/></interface>")))
+    rc, out, _ = run_virtdoctor("--format", "json", "check", "--only", "macvtap-source-enslaved",
+                                "--domain", "vdtest-net-macvtap-ok")
+    assert findings(out, "macvtap-source-enslaved")[0]["status"] == "pass"
+    start_and_prove(ok)
+
+
+def test_missing_macvtap_lower_device_text(vm_xml, define_vm, run_virtdoctor):
+    dom = define_vm(vm_xml("vdtest-net-nodev", memory_mib=64, devices=(
+        "    <interface type='direct'><source dev='vdtest-nodev0' mode='bridge'/><model type='virtio'/></interface>")))
+    with pytest.raises(libvirt.libvirtError) as err:
+        dom.create()
+    assert "Unable to get index for interface vdtest-nodev0: No such device" in str(err.value)
+    rc, out, _ = run_virtdoctor("--format", "json", "check", "--only", "macvtap-source-enslaved",
+                                "--domain", "vdtest-net-nodev")
+    (f,) = findings(out, "macvtap-source-enslaved")
+    assert f["status"] == "fail"
+    assert "Unable to get index for interface vdtest-nodev0: No such device" in f["message"]
