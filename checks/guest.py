@@ -14,7 +14,8 @@ from typing import Callable
 
 from lxml import etree
 
-from virtdoctor.api import Auto, DefineDomain, FactUnavailable, Fail, Pass, Skip, Warn, check, hookimpl, plan
+from virtdoctor.api import (Auto, DefineDomain, FactUnavailable, Fail, Pass, Skip, Warn, WriteFile, check, hookimpl,
+                            plan)
 from virtdoctor.facts.osinfo import domain_os_id, os_entry, os_family, osinfo_installed
 
 X86 = ("x86_64", "i686")
@@ -107,10 +108,15 @@ def ensure_child(parent, tag: str, before: tuple[str, ...] = ()):
     return append_child(parent, el)
 
 
-def edited_xml(xml: str, edit: Callable) -> str:
+def edited_xml(xml: str, edit: Callable | None) -> str:
+    """`xml` with `edit` applied to its parsed tree, in libvirt's own style
+    (single-quoted attributes), so a diff against libvirt's XML shows the edit only."""
+    from virtdoctor.domxml import serialise
+
     root = etree.fromstring(xml.encode(), etree.XMLParser(resolve_entities=False, no_network=True))
-    edit(root)
-    return etree.tostring(root, encoding="unicode")
+    if edit is not None:
+        edit(root)
+    return serialise(root)
 
 
 @dataclass
@@ -137,22 +143,29 @@ class EditDomain(DefineDomain):
 
 
 def domain_plan(dom, summary: str, auto: Auto, edit: Callable, notes: list[str] | tuple = ()):
-    """A plan that redefines `dom` with `edit` applied to a copy of its XML;
+    """A plan that applies `edit` to a copy of the domain XML: redefined through
+    libvirt for a defined domain, the file rewritten for a preflight XML file;
     None when the edit changes nothing."""
-    old = dom.xml_text()
+    info = dom.info
+    old = info.xml if info is not None else dom.xml_text()
+    old = old if old.endswith("\n") else old + "\n"
     new = edited_xml(old, edit)
-    if new == old:
+    if new == edited_xml(old, None):
         return None
     notes = list(notes)
-    info = dom.info
     if info is None:
-        auto = Auto.MANUAL
-        notes.append(f"{dom.source} is not a defined domain: apply the diff to the file before defining it")
-    elif not info.persistent:
-        auto = Auto.MANUAL
+        path = dom.extra.get("file") if isinstance(getattr(dom, "extra", None), dict) else None
+        if path:
+            notes.append(f"then define it: virsh define --validate {path}")
+            return plan(f"{summary} in {path}", auto, WriteFile(path, new), notes=notes)
+        notes.append(f"{dom.source} is not a defined domain: apply the diff to its XML before defining it")
+        return plan(summary, Auto.MANUAL, EditDomain(dom.name or dom.label, new, old, edit=edit), notes=notes)
+    if not info.persistent:
         notes.append("transient domain: redefining would make it persistent; change the XML it is created from")
-    elif info.active:
-        notes.append(f"{dom.name} is running: the change applies at its next boot (shut it down, then start it)")
+        return plan(summary, Auto.MANUAL, EditDomain(dom.name or dom.label, new, old, edit=edit), notes=notes)
+    if info.active:
+        notes.append(f"{dom.name} is running: the change applies at its next boot "
+                     f"(virsh shutdown {dom.name}; virsh start {dom.name})")
     return plan(summary, auto, EditDomain(dom.name or dom.label, new, old, edit=edit), notes=notes)
 
 

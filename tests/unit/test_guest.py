@@ -357,7 +357,7 @@ def test_clock_fix(fake_root, tmp_path, os_id, start, want):
                                      lambda infos: facts_for(fake_root, domains=infos))
     assert out.status == "fixed", out.detail
     assert etree.fromstring(new.encode()).find("clock").get("offset") == want
-    assert f'-  <clock offset="{start}"/>' in p.diff(remedy.Env())
+    assert f"-  <clock offset='{start}'/>" in p.diff(remedy.Env())
 
 
 # -- windows-tablet -------------------------------------------------------------------------------------------
@@ -527,3 +527,19 @@ def test_corpus_offline_no_crash_and_no_false_errors():
     for stem in ("usb-none-hub", "usb-none-usbtablet"):
         text = (CORPUS / f"{stem}.err").read_text().strip().split(": ", 1)[1]
         assert any(slug == "usb-controller-model" and text in msg for slug, msg in flagged.get(stem, [])), stem
+
+
+def test_plan_for_a_preflight_file_rewrites_the_file(fake_root, tmp_path):
+    osinfo_db(fake_root)
+    xml = domain_xml("pf", os_id=WIN10, clock="utc")
+    fake_root.write("/srv/vms/pf.xml", xml)
+    dom = domxml.parse_domain(xml, "/srv/vms/pf.xml", subject="xml:/srv/vms/pf.xml")
+    dom.extra["file"] = "/srv/vms/pf.xml"
+    p = guest.set_clock_offset(None, facts_for(fake_root, offline=True), dom)
+    assert p.auto.value == "unsafe" and "virsh define --validate /srv/vms/pf.xml" in p.notes[-1]
+    env = remedy.Env(root=str(fake_root))
+    diff = p.diff(env)
+    assert diff.count("\n-") == 1 and "-  <clock offset='utc'/>" in diff and "+  <clock offset='localtime'/>" in diff
+    out = remedy.apply_plan(p, env, "clock-offset-mismatch", dom.subject, lambda: (True, ""), str(tmp_path / "b"))
+    assert out.status == "fixed"
+    assert "<clock offset='localtime'/>" in fake_root.read("/srv/vms/pf.xml")
