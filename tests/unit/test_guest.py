@@ -40,8 +40,8 @@ def domain_xml(name="vm", *, virt="kvm", arch="x86_64", machine="q35", vcpus=1, 
                cpu="", features="", os_extra="", devices="", os_attrs="") -> str:
     meta = ""
     if os_id:
-        meta = ("  <metadata>\n    <libosinfo:libosinfo xmlns:libosinfo=\"http://libosinfo.org/xmlns/libvirt/domain/1.0\">\n"
-                f"      <libosinfo:os id=\"{os_id}\"/>\n    </libosinfo:libosinfo>\n  </metadata>\n")
+        meta = ("  <metadata>\n    <libosinfo:libosinfo xmlns:libosinfo='http://libosinfo.org/xmlns/libvirt/domain/1.0'>\n"
+                f"      <libosinfo:os id='{os_id}'/>\n    </libosinfo:libosinfo>\n  </metadata>\n")
     clock_xml = f"  <clock offset='{clock}'/>\n" if clock else ""
     emulator = "/usr/bin/qemu-system-x86_64" if arch in ("x86_64", "i686") else f"/usr/bin/qemu-system-{arch}"
     return (f"<domain type='{virt}'>\n  <name>{name}</name>\n{meta}  <memory unit='KiB'>65536</memory>\n"
