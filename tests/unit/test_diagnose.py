@@ -275,14 +275,14 @@ def test_fix_command_only_for_fixable_failing_checks(kb):
     assert kvm["fix"]["command"] == "virtdoctor fix --only kvm-device-permission"  # a host fix: no --domain
     assert kvm["fix"]["commands"] == ["chmod 0660 /dev/kvm"]
     assert "command" not in emu["fix"]  # message only: nothing for virtdoctor to apply
-    assert all("_subjects" not in c for c in causes)
+    assert all("_fix_subject" not in c for c in causes)
 
 
 def test_fix_command_names_the_domain_and_unsafe(kb):
     from virtdoctor.checkdef import Check  # noqa: F401  (the registry's type)
 
     class Fake:
-        slug, fixer_func = "cdrom-on-virtio", object()
+        slug, scope, fixer_func = "cdrom-on-virtio", "domain", object()
 
     unsafe = FixInfo("Put the cdrom on sata", (), Auto.UNSAFE)
     causes = diagnose.rank(kb, {}, [finding("cdrom-on-virtio", fix=unsafe)], NAME)

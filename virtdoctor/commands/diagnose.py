@@ -259,28 +259,34 @@ def rank(kb, matches: dict[str, dict], findings: list[Finding], name: str) -> li
         else:
             tier = HINT
         score = tier + (round(100 * m["score"], 1) if m else 0) + (10 if errors else 0)
-        fix = next((f.fix.to_dict() for f in fs if f.fix), None)
+        # the fix of the most telling failing finding: error severity, then the domain's own
+        ordered = sorted(fs, key=lambda f: (f.severity is not Severity.ERROR, f.subject != dom_subject))
+        with_fix = next((f for f in ordered if f.fix), None)
+        fix = with_fix.fix.to_dict() if with_fix else None
         if fix is None and entry is not None:
             fix = {"summary": entry.fix, "commands": list(entry.commands), "auto": "manual"}
         title = (entry.title if entry is not None else None) or (fs[0].title if fs else slug)
         causes.append({"id": slug, "score": score, "title": title, "evidence": evidence, "fix": fix,
                        "confirmed": tier == CONFIRMED, "tier": TIER_NAMES[tier],
-                       "_subjects": sorted({f.subject for f in fs})})
+                       "_fix_subject": with_fix.subject if with_fix else None})
     causes.sort(key=lambda c: (-c["score"], c["id"]))
     return causes
 
 
 def add_fix_commands(causes: list[dict], registry, name: str, domain_known: bool) -> None:
-    """`virtdoctor fix --only SLUG [--domain NAME] [--unsafe]` on causes whose failing check has
-    a fixer that virtdoctor may apply (safe or unsafe)."""
-    fixable = {c.slug for c in registry.values() if c.fixer_func is not None}
+    """`virtdoctor fix --only SLUG [--domain NAME] [--unsafe]` on causes whose fix comes from a
+    failing check that has a fixer virtdoctor may apply (safe or unsafe)."""
+    fixable = {(c.slug, c.scope == "domain") for c in registry.values() if c.fixer_func is not None}
     for c in causes:
-        subjects = c.pop("_subjects", [])
+        subject = c.pop("_fix_subject", None)
         fix = c["fix"]
-        if c["id"] not in fixable or not fix or fix.get("auto") not in ("safe", "unsafe") or not subjects:
+        if subject is None or not fix or fix.get("auto") not in ("safe", "unsafe"):
+            continue
+        on_domain = subject == f"domain:{name}"
+        if (c["id"], on_domain) not in fixable:
             continue
         cmd = f"virtdoctor fix --only {c['id']}"
-        if domain_known and f"domain:{name}" in subjects:
+        if on_domain and domain_known:
             cmd += f" --domain {name}"
         if fix["auto"] == "unsafe":
             cmd += " --unsafe"
