@@ -92,17 +92,44 @@ class DomainSchema:
                                       None, None, message, False))
         return errors
 
+    def _error_path(self, work) -> str | None:
+        """None when `work` validates, else the path libxml2 reports first."""
+        if self._rng.validate(work):
+            return None
+        for e in self._rng.error_log:
+            if e.path:
+                return e.path
+        return "/domain"
+
     def _locate(self, work: etree._ElementTree, top: etree._Element):
-        """(element, attribute or None) whose removal alone makes `work` valid,
-        as deep as possible: descend from `top` one level at a time into the
-        child whose removal validates; None when no single removal does."""
+        """(element, attribute or None) at fault, as deep as possible, or None.
+        One error: `_locate_single`. Several: `_locate_first` finds the one
+        libxml2 reports, which the caller removes before looking again."""
+        single = self._locate_single(work, top)
+        if single is not None and single[1] is None and len(single[0]):
+            # an element with children and no attribute to blame: several errors below it?
+            first = self._locate_first(work, top)
+            if first is not None and any(a is single[0] for a in first[0].iterancestors()):
+                return first
+        return single or self._locate_first(work, top)
+
+    def _locate_single(self, work, top):
+        """Descend from the root into the child whose removal alone makes the
+        document valid; through elements on the paths libxml2 reports (an
+        `<os>` that cannot be removed because it is required) descend without
+        removing them."""
+        on_path = set()
+        self._rng.validate(work)
+        for e in self._rng.error_log:
+            el = _find(work, e.path) if e.path else None
+            while el is not None:
+                on_path.add(el)
+                el = el.getparent()
         found = None
         node = top
         while True:
-            hit = None
-            for child in list(node):
-                if not isinstance(child.tag, str):
-                    continue
+            hit = via = None
+            for child in [c for c in node if isinstance(c.tag, str)]:
                 pos = node.index(child)
                 node.remove(child)
                 ok = self.is_valid(work)
@@ -110,19 +137,89 @@ class DomainSchema:
                 if ok:
                     hit = child
                     break
-            if hit is None:
+                if via is None and child in on_path:
+                    via = child
+            if hit is not None:
+                found = node = hit
+            elif via is not None:
+                node = via
+            else:
                 break
-            found = node = hit
         if found is None:
             return None
-        for attr in list(found.attrib):
-            value = found.attrib[attr]
-            del found.attrib[attr]
-            ok = self.is_valid(work)
-            found.set(attr, value)
-            if ok:
-                return found, attr
-        return found, None
+        return found, self._culprit_attribute(found, self.is_valid, work)
+
+    def _culprit_attribute(self, el, ok, work):
+        for attr in list(el.attrib):
+            value = el.attrib[attr]
+            del el.attrib[attr]
+            good = ok(work)
+            el.set(attr, value)
+            if good:
+                return attr
+        return None
+
+    def _locate_first(self, work, top):
+        """Several errors: start at the element libxml2 reports first, which is
+        at fault when removing it moves the report somewhere unrelated (not
+        the same place, an ancestor or a descendant); then descend into the
+        child whose removal (alone, or after its earlier siblings) does the
+        same. Everything removed is put back before returning."""
+        reported = self._error_path(work)
+        if reported is None:
+            return None
+        start = _find(work, reported)
+        if start is None or start is top:
+            return None
+
+        def gone(_work=None) -> bool:
+            now = self._error_path(work)
+            return now is None or not (now == reported or now.startswith(reported + "/")
+                                       or reported.startswith(now + "/"))
+
+        parent = start.getparent()
+        pos = parent.index(start)
+        parent.remove(start)
+        ok = gone()
+        parent.insert(pos, start)
+        if not ok:
+            return None
+        found = node = start
+        removed: list[tuple[etree._Element, int, etree._Element]] = []
+        try:
+            while True:
+                kids = [c for c in node if isinstance(c.tag, str)]
+                hit = None
+                for child in kids:
+                    pos = node.index(child)
+                    node.remove(child)
+                    ok = gone()
+                    node.insert(pos, child)
+                    if ok:
+                        hit = child
+                        break
+                if hit is None and len(kids) > 1:
+                    mark = len(removed)
+                    for child in kids:
+                        pos = node.index(child)
+                        node.remove(child)
+                        if gone():
+                            node.insert(pos, child)
+                            hit = child
+                            break
+                        removed.append((node, pos, child))
+                    if hit is None:
+                        while len(removed) > mark:
+                            parent, pos, child = removed.pop()
+                            parent.insert(pos, child)
+                if hit is None:
+                    break
+                found = node = hit
+            return found, self._culprit_attribute(found, gone, work)
+        finally:
+            while removed:
+                parent, pos, child = removed.pop()
+                parent.insert(pos, child)
 
 
 def _path(el: etree._Element) -> str:
@@ -138,7 +235,7 @@ def _find(tree: etree._ElementTree, path: str | None):
         return tree.getroot()
     try:
         found = tree.xpath(path)
-    except etree.XPathError:
+    except (etree.XPathError, ValueError):
         return tree.getroot()
     return found[0] if found and isinstance(found[0], etree._Element) else tree.getroot()
 
