@@ -371,24 +371,39 @@ _ORDINARY = "\n".join([os.strerror(n) for n in sorted(_errno.errorcode)] + [
     "Nov 25 20:00:58 kvm-host-01 systemd[1]: Started Virtualization daemon. libvirtd[1234]: "
     "Failed to open file; failed to read; Unable to open; unable to find; Cannot get; cannot set; is not supported",
 ]).encode()
-# bytes from the most to the least common in log text (English prose, hex, paths, camelCase
-# function names); bytes not listed are rarer than all of them
-_COMMON = b" etaoinsrlhdcumpfgbywvk0123456789:-./_=,\n\"CSTAIMDEPRLNOFH[]{}+"
-_FREQ = {c: 256 - _COMMON.index(c) if c in _COMMON else 0 for c in range(256)}
+_EN = b"etaoinshrdlcumwfgypbvkjxqz"  # English letters, most to least frequent
+
+
+def _byte_weight(c: int) -> float:
+    """How common a byte is in log text: its share of _ORDINARY plus a prior for prose
+    (lower-case letters by English frequency), digits and separators."""
+    w = _ORDINARY.count(bytes([c])) / len(_ORDINARY)
+    if c in _EN:
+        w += 0.13 * (1 - _EN.index(c) / 26) ** 2 + 0.001
+    elif 0x30 <= c <= 0x39:
+        w += 0.02
+    elif c in b" :-./_=,\"\n":
+        w += 0.05
+    elif 0x41 <= c <= 0x5A:
+        w += 0.003
+    return w
+
+
+_FREQ = {c: _byte_weight(c) for c in range(256)}
 _KEY_LEN = 8
 
 
 def _key_for(literal: str) -> bytes:
-    """The bytes a scan looks for to find lines that may hold `literal`: an 8-byte window
-    of it that ordinary log text does not contain, starting with a byte rare in such text
-    (sre's search skips bytes that cannot start any key with one table lookup, and a window
-    absent from ordinary text makes few ordinary lines candidates)."""
+    """The bytes a scan looks for to find lines that may hold `literal`: a window of it
+    (8 bytes, or 4 to 7 at its end) that ordinary log text does not contain, starting with
+    a byte rare in log text. sre's search skips bytes that cannot start any key with one
+    table lookup, and a window absent from ordinary text makes few ordinary lines candidates."""
     raw = literal.encode("utf-8")
     if len(raw) <= _KEY_LEN:
         return raw
-    windows = [raw[i:i + _KEY_LEN] for i in range(len(raw) - _KEY_LEN + 1)]
-    fresh = [w for w in windows if w not in _ORDINARY] or windows
-    return min(fresh, key=lambda w: (_FREQ[w[0]], -sum(_FREQ[c] == 0 for c in w)))
+    n = len(raw)
+    windows = [raw[i:i + _KEY_LEN] for i in range(n - _KEY_LEN + 1)] + [raw[i:] for i in range(n - _KEY_LEN + 1, n - 3)]
+    return min(windows, key=lambda w: (w in _ORDINARY, len(w) < 6, _FREQ[w[0]], -len(w)))
 
 
 def _trie_regex(keys: Iterable[bytes]) -> re.Pattern:
@@ -403,7 +418,9 @@ def _trie_regex(keys: Iterable[bytes]) -> re.Pattern:
     def build(node) -> bytes:
         if None in node:  # a shorter key ends here: enough to make the line a candidate
             return b""
-        alts = [re.escape(bytes([c])) + build(sub) for c, sub in sorted((c, s) for c, s in node.items())]
+        # sre tries a BRANCH's alternatives in order: the commonest first byte goes first
+        order = sorted((c for c in node), key=lambda c: (-_FREQ[c], c))
+        alts = [re.escape(bytes([c])) + build(node[c]) for c in order]
         return alts[0] if len(alts) == 1 else b"(?:" + b"|".join(alts) + b")"
 
     return re.compile(build(trie))
