@@ -148,3 +148,11 @@ def test_unreadable_log_is_status_3(capsys, tmp_path):
     status, out, err = run(capsys, "explain", "--log", str(tmp_path / "absent.log"))
     assert status == 3 and out == ""
     assert err.startswith("virtdoctor: cannot read") and err.count("\n") == 1
+
+
+def test_control_bytes_of_a_matched_line_are_not_sent_to_the_terminal(capsys, tmp_path):
+    path = tmp_path / "ctl.log"
+    path.write_bytes(b"\x1b[2J\x00\x07 Could not access KVM kernel module: Permission denied\n")
+    status, out, _ = run(capsys, "explain", "--log", str(path))
+    assert status == 0 and "kvm-device-permission" in out
+    assert "\x1b" not in out and "\x00" not in out and "\x07" not in out

@@ -49,7 +49,6 @@ def _knowledge(ctx):
 
 def run(args, ctx) -> int:
     kb = _knowledge(ctx)
-    out = ctx.out
     if args.log:
         if args.target is not None:
             raise ToolError("explain: give either --log FILE or a SLUG/TEXT, not both")
@@ -89,6 +88,19 @@ def _read_stdin() -> bytes:
     return data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data
 
 
+def _printer(ctx):
+    """print(text, style=None): through the run's rich console (bold headings on a
+    terminal), or plain lines on ctx.out when rich is not available."""
+    try:
+        console = ctx.console
+    except ImportError:
+        console = None
+    if console is None:
+        return lambda text="", style=None: ctx.out.write(text + "\n")
+    return lambda text="", style=None: console.print(text, style=style, markup=False, highlight=False,
+                                                     soft_wrap=True)
+
+
 def _json(ctx, doc) -> None:
     ctx.out.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
 
@@ -110,7 +122,12 @@ def _fix_lines(e_or_m, slug: str, has_checks: bool) -> list[str]:
     return lines
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
 def _short(line: str) -> str:
+    """A matched line fit for a terminal: control bytes of binary logs shown as U+FFFD, cut."""
+    line = _CONTROL.sub("\ufffd", line)
     return line if len(line) <= _SHOWN else line[:_SHOWN] + "..."
 
 
@@ -119,14 +136,15 @@ def _print_matches(matches, ctx) -> None:
     if ctx.fmt == "json":
         _json(ctx, {"matches": [m.to_dict() for m in matches]})
         return
-    w = ctx.out.write
-    w(f"{len(matches)} known problem{'s' if len(matches) != 1 else ''} in this text, best first:\n")
+    p = _printer(ctx)
+    p(f"{len(matches)} known problem{'s' if len(matches) != 1 else ''} in this text, best first:")
     for m in matches:
         entry = kb.get(m.id)
-        w(f"\n{m.id}  {m.title}  (score {m.score:.2f})\n")
-        w(f"  matched: {_short(m.line)}\n")
-        w(_wrap("cause:", m.cause) + "\n")
-        w("\n".join(_fix_lines(m, m.id, bool(entry and entry.checks))) + "\n")
+        p()
+        p(f"{m.id}  {m.title}  (score {m.score:.2f})", "bold")
+        p(f"  matched: {_short(m.line)}")
+        p(_wrap("cause:", m.cause))
+        p("\n".join(_fix_lines(m, m.id, bool(entry and entry.checks))))
 
 
 def _print_entry(entry, ctx) -> int:
@@ -136,23 +154,23 @@ def _print_entry(entry, ctx) -> int:
                                  "commands": list(entry.commands), "auto": entry.auto}],
                     "entry": entry.to_dict()})
         return 0
-    w = ctx.out.write
-    w(f"{entry.slug}: {entry.title}\n")
-    w(f"  scope:   {', '.join(entry.scope)}\n")
+    p = _printer(ctx)
+    p(f"{entry.slug}: {entry.title}", "bold")
+    p(f"  scope:   {', '.join(entry.scope)}")
     if entry.checks:
-        w(f"  checks:  {', '.join(entry.checks)} (virtdoctor check --only {entry.checks[0]})\n")
-    w(_wrap("cause:", entry.cause) + "\n")
-    w("\n".join(_fix_lines(entry, entry.slug, bool(entry.checks))) + "\n")
+        p(f"  checks:  {', '.join(entry.checks)} (virtdoctor check --only {entry.checks[0]})")
+    p(_wrap("cause:", entry.cause))
+    p("\n".join(_fix_lines(entry, entry.slug, bool(entry.checks))))
     if entry.exceptions:
-        w(_wrap("unless:", entry.exceptions) + "\n")
+        p(_wrap("unless:", entry.exceptions))
     if entry.patterns:
-        w("  recognises (regular expressions):\n")
-        for p in entry.patterns:
-            w(f"           {p}\n")
+        p("  recognises (regular expressions):")
+        for pattern in entry.patterns:
+            p(f"           {pattern}")
     if entry.references:
-        w("  see:\n")
+        p("  see:")
         for r in entry.references:
-            w(f"           {r}\n")
+            p(f"           {r}")
     return 0
 
 
@@ -163,18 +181,18 @@ def _print_unknown(text: str, ctx) -> None:
     if ctx.fmt == "json":
         _json(ctx, {"matches": [], "parsed": parsed})
         return
-    w = ctx.out.write
-    w("Unknown: no catalogue entry matches this message.\n")
+    p = _printer(ctx)
+    p("Unknown: no catalogue entry matches this message.", "bold")
     shown = [(k, parsed[k]) for k in ("code", "prefix", "domain", "errno", "strerror", "function",
                                       "level", "timestamp", "context", "detail") if k in parsed]
     if "code" not in parsed and parsed.get("message"):
         shown.append(("message", parsed["message"]))
     if shown:
-        w("What it says:\n")
+        p("What it says:")
         for k, v in shown:
-            w(f"  {k + ':':<11}{_short(str(v))}\n")
-    w("For more, turn on debug logs: log_filters=\"1:qemu 1:libvirt\" and "
-      "log_outputs=\"1:file:/var/log/libvirt/libvirtd.log\" in the daemon's .conf (client: LIBVIRT_DEBUG=1).\n")
+            p(f"  {k + ':':<11}{_short(str(v))}")
+    p("For more, turn on debug logs: log_filters=\"1:qemu 1:libvirt\" and "
+      "log_outputs=\"1:file:/var/log/libvirt/libvirtd.log\" in the daemon's .conf (client: LIBVIRT_DEBUG=1).")
 
 
 def _report_log(report, kb, ctx) -> int:
@@ -189,21 +207,22 @@ def _report_log(report, kb, ctx) -> int:
         _json(ctx, {"matches": matches, "log": {"source": report.source, "bytes": report.bytes,
                                                 "lines": report.lines}})
         return 0 if hits else 1
-    w = ctx.out.write
+    p = _printer(ctx)
     size = f"{report.bytes / 1e6:.1f} MB" if report.bytes >= 100_000 else f"{report.bytes} bytes"
     if not hits:
-        w(f"{report.source}: nothing known in {report.lines} lines ({size}).\n")
+        p(f"{report.source}: nothing known in {report.lines} lines ({size}).")
         return 1
-    w(f"{report.source}: {len(hits)} known problem{'s' if len(hits) != 1 else ''} "
-      f"in {report.lines} lines ({size}), best first:\n")
+    p(f"{report.source}: {len(hits)} known problem{'s' if len(hits) != 1 else ''} "
+      f"in {report.lines} lines ({size}), best first:")
     for h in hits:
         e = kb.entries[h.id]
         when = ""
         if h.first:
             when = f", first {h.first}" + (f", last {h.last}" if h.last and h.last != h.first else "")
-        w(f"\n{h.id}  {e.title}\n")
-        w(f"  seen:    {h.count} line{'s' if h.count != 1 else ''}{when}\n")
-        w(f"  first:   {_short(h.line)}\n")
-        w(_wrap("cause:", e.cause) + "\n")
-        w("\n".join(_fix_lines(e, h.id, bool(e.checks))) + "\n")
+        p()
+        p(f"{h.id}  {e.title}", "bold")
+        p(f"  seen:    {h.count} line{'s' if h.count != 1 else ''}{when}")
+        p(f"  first:   {_short(h.line)}")
+        p(_wrap("cause:", e.cause))
+        p("\n".join(_fix_lines(e, h.id, bool(e.checks))))
     return 0
