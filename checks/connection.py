@@ -16,9 +16,9 @@ TCP_PORT, TLS_PORT = 16509, 16514
 
 
 def _modular(facts) -> bool:
-    if facts.process_named("virtqemud") or facts.exists(f"{RUN_DIR}/virtqemud-sock"):
+    if T.alive(facts, "virtqemud") or facts.exists(f"{RUN_DIR}/virtqemud-sock"):
         return True
-    if facts.process_named("libvirtd") or facts.exists(f"{RUN_DIR}/libvirt-sock"):
+    if T.alive(facts, "libvirtd") or facts.exists(f"{RUN_DIR}/libvirt-sock"):
         return False
     return facts.which("libvirtd") is None and facts.which("virtqemud") is not None
 

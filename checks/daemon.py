@@ -21,6 +21,21 @@ MONOLITHIC = "libvirtd"
 MODULAR = ("virtqemud", "virtnetworkd", "virtstoraged")
 
 
+def running(facts, name: str) -> list:
+    """Processes named `name` that are alive: a zombie (state Z/X in /proc/PID/stat, e.g. a
+    daemon that just exited and that init has not reaped yet) is not a running daemon."""
+    out = []
+    for p in facts.process_named(name):
+        try:
+            stat = facts.read_text(f"/proc/{p.pid}/stat")
+        except Exception:
+            stat = None
+        if stat and ")" in stat and stat[stat.rindex(")") + 2:][:1] in ("Z", "X"):
+            continue
+        out.append(p)
+    return out
+
+
 def socket_path(daemon: str) -> str:
     return f"{RUN_DIR}/{'libvirt' if daemon == MONOLITHIC else daemon}-sock"
 
@@ -29,9 +44,9 @@ def daemon_mode(facts) -> str:
     """Which daemon serves qemu:///system here: "modular" when virtqemud is
     running, or its socket exists, or libvirtd is not installed while virtqemud
     is; "monolithic" otherwise (Debian 12 ships and starts libvirtd)."""
-    if facts.process_named("virtqemud") or facts.exists(socket_path("virtqemud")):
+    if running(facts, "virtqemud") or facts.exists(socket_path("virtqemud")):
         return "modular"
-    if facts.process_named("libvirtd") or facts.exists(socket_path(MONOLITHIC)):
+    if running(facts, "libvirtd") or facts.exists(socket_path(MONOLITHIC)):
         return "monolithic"
     if facts.which("libvirtd") is None and facts.which("virtqemud") is not None:
         return "modular"
@@ -68,7 +83,7 @@ def daemon_socket_missing(facts):
     daemons = (MONOLITHIC,) if mode == "monolithic" else MODULAR[:1]
     daemon = daemons[0]
     sock = socket_path(daemon)
-    procs = facts.process_named(daemon)
+    procs = running(facts, daemon)
     evidence = {"mode": mode, "daemon": daemon, "socket": sock, "pids": [p.pid for p in procs],
                 "socket_exists": facts.exists(sock), "uri": uri.uri}
     if not procs and not evidence["socket_exists"]:
@@ -117,7 +132,7 @@ def start_daemon(finding, facts):
         if not facts.exists(d):
             actions.append(MakeDir(d, 0o700))
             notes.append(f"{d} is missing and the daemon or QEMU fails without it (daemon-log-dir-missing)")
-    if not facts.process_named("virtlogd"):
+    if not running(facts, "virtlogd"):
         actions.append(RunCommand(["virtlogd", "-d"], "start virtlogd (QEMU's log daemon)",
                                   wait_for=f"{RUN_DIR}/virtlogd-sock"))
     names = [daemon] if daemon == MONOLITHIC else list(MODULAR)
@@ -334,7 +349,7 @@ class RestartDaemon(Action):
 def restart_action(facts, daemon: str):
     """How to make the daemon re-read its configuration: systemctl where systemd runs,
     else stop by pid and start again (or just start when it is not running)."""
-    pids = [p.pid for p in facts.process_named(daemon)]
+    pids = [p.pid for p in running(facts, daemon)]
     if _has_systemd(facts):
         return RunCommand(["systemctl", "restart", f"{daemon}.service"], f"systemctl restart {daemon}",
                           wait_for=socket_path(daemon)), bool(pids)
@@ -360,11 +375,11 @@ def point_qemu_conf_at_account(finding, facts):
     if group != qemu.group or qemu.source != "qemu.conf" or qemu.gid is None:
         actions.append(SetConfKey(QEMU_CONF, "group", group))
     daemon = "virtqemud" if daemon_mode(facts) == "modular" else MONOLITHIC
-    restart, running = restart_action(facts, daemon)
+    restart, was_running = restart_action(facts, daemon)
     actions.append(restart)
     notes = [f"{daemon} reads qemu.conf only at start: "
-             + (f"it is restarted (pid {', '.join(str(p.pid) for p in facts.process_named(daemon))}); "
-                "running guests keep running" if running else "it is not running and is started")]
+             + (f"it is restarted (pid {', '.join(str(p.pid) for p in running(facts, daemon))}); "
+                "running guests keep running" if was_running else "it is not running and is started")]
     notes.append(f"QEMU will run as {user}:{group}: disk images, /dev/kvm and other files must be "
                  "reachable by that account (dynamic_ownership relabels images)")
     return plan(f"Set user = \"{user}\" and group = \"{group}\" in {QEMU_CONF} and restart {daemon}",
@@ -382,7 +397,7 @@ def dbus_unavailable(facts):
     directory". Root on the local socket still works, hence a warning.
     Fix: manual; start the system bus (service dbus start, or dbus-daemon --system)."""
     node = facts.stat(DBUS_SOCKET)
-    procs = [p for name in DBUS_DAEMONS for p in facts.process_named(name)]
+    procs = [p for name in DBUS_DAEMONS for p in running(facts, name)]
     evidence = {"socket": DBUS_SOCKET, "socket_exists": node is not None,
                 "bus_pids": [p.pid for p in procs], "dbus_installed": facts.which("dbus-daemon") is not None}
     consequence = ("non-root clients using polkit fail with \"internal error: Unable to get system bus "

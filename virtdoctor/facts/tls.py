@@ -198,12 +198,26 @@ def name_matches(info: CertInfo, host: str) -> bool:
 
 
 # -- where the files are ------------------------------------------------------------------
+def alive(facts, name: str) -> list:
+    """Processes named `name`, without zombies (a daemon that exited and is not reaped yet)."""
+    out = []
+    for p in facts.process_named(name):
+        try:
+            stat = facts.read_text(f"/proc/{p.pid}/stat")
+        except FactUnavailable:
+            stat = None
+        if stat and ")" in stat and stat[stat.rindex(")") + 2:][:1] in ("Z", "X"):
+            continue
+        out.append(p)
+    return out
+
+
 def daemon_conf_path(facts) -> str:
     """The config file of the daemon that would serve TLS: `-f/--config` of a running
     libvirtd (or virtproxyd), else /etc/libvirt/libvirtd.conf (virtproxyd.conf when only
     the modular daemons are installed)."""
     for name, default in (("libvirtd", LIBVIRTD_CONF), ("virtproxyd", VIRTPROXYD_CONF)):
-        for p in facts.process_named(name):
+        for p in alive(facts, name):
             args = list(p.cmdline)
             for i, a in enumerate(args):
                 if a in ("-f", "--config") and i + 1 < len(args):
@@ -299,13 +313,13 @@ def host_names(facts) -> list[str]:
 def daemon_listens(facts) -> tuple[bool | None, str]:
     """(listening with --listen, how we know). None when no daemon process is visible."""
     for name in ("libvirtd",):
-        procs = facts.process_named(name)
+        procs = alive(facts, name)
         if procs:
             args = procs[0].cmdline
             on = any(a in ("-l", "--listen") or (a.startswith("-") and not a.startswith("--") and "l" in a[1:])
                      for a in args[1:])
             return on, f"{name} pid {procs[0].pid} runs {'with' if on else 'without'} --listen"
-    if facts.process_named("virtproxyd"):
+    if alive(facts, "virtproxyd"):
         return None, "virtproxyd runs: listening depends on its -tls/-tcp sockets"
     return None, "no libvirtd process"
 
