@@ -113,7 +113,8 @@ class LogHit:
     id: str
     score: float
     count: int = 0
-    first: str | None = None  # ISO 8601 timestamps when the lines carry one
+    first: str | None = None  # ISO 8601 (UTC) when the lines carry a full time; syslog's
+    # year-less "Nov 25 20:00:58" as written otherwise
     last: str | None = None
     line: str = ""  # the first matched line
     _first_dt: Any = field(default=None, repr=False)
@@ -450,6 +451,20 @@ def _parse_ts(line: str):
         return None
 
 
+_SYSLOG_RE = re.compile(r"(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) ([ \d]\d) (\d{2}:\d{2}:\d{2})\b")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def _syslog_ts(line: str):
+    """`Nov 25 20:00:58 host unit[pid]: ...` (journalctl's default, syslog): no year, so
+    kept as written; ordered by month, day and time."""
+    m = _SYSLOG_RE.match(line)
+    if not m:
+        return None
+    mon, day, time = m.groups()
+    return (0, (_MONTHS.index(mon), int(day), time)), f"{mon} {int(day):2d} {time}"
+
+
 def _realtime(us: bytes):
     try:
         return _dt.datetime.fromtimestamp(int(us) / 1e6, tz=_dt.timezone.utc)
@@ -542,8 +557,9 @@ class KnowledgeBase:
     def scan_log(self, source) -> LogReport:
         """Count each slug's lines in a log: a path, a binary file object or an iterable of
         byte lines. Understands libvirtd (`2026-11-25 20:00:58.119+0000: ...`), QEMU
-        (`2026-11-25T20:00:58.119142Z ...`), `journalctl -o short-iso[-precise]` and
-        `journalctl -o export` (timestamps from `__REALTIME_TIMESTAMP`)."""
+        (`2026-11-25T20:00:58.119142Z ...`), `journalctl -o short-iso[-precise]`,
+        `journalctl -o export` (timestamps from `__REALTIME_TIMESTAMP`) and journalctl's
+        default / syslog lines (`Nov 25 20:00:58 host libvirtd[1]: ...`, no year)."""
         self._prepare_scan()
         if isinstance(source, (str, os.PathLike)):
             name = os.fspath(source)
@@ -650,17 +666,20 @@ class KnowledgeBase:
                     for m in _REALTIME_RE.finditer(buf, rec + 1 if rec >= 0 else 0, start):
                         pass
                     ts = _realtime(m.group(1)) if m else None
+                # (sort key, shown text): ISO times sort after year-less syslog ones
+                stamp = ((1, ts), _iso(ts)) if ts is not None else _syslog_ts(line)
                 for slug, (score, shown) in found.items():
                     hit = report.hits.get(slug)
                     if hit is None:
                         hit = report.hits[slug] = LogHit(slug, score, line=shown)
                     hit.count += 1
                     hit.score = max(hit.score, score)
-                    if ts is not None:
-                        if hit._first_dt is None or ts < hit._first_dt:
-                            hit._first_dt, hit.first = ts, _iso(ts)
-                        if hit._last_dt is None or ts >= hit._last_dt:
-                            hit._last_dt, hit.last = ts, _iso(ts)
+                    if stamp is not None:
+                        key, shown_ts = stamp
+                        if hit._first_dt is None or key < hit._first_dt:
+                            hit._first_dt, hit.first = key, shown_ts
+                        if hit._last_dt is None or key >= hit._last_dt:
+                            hit._last_dt, hit.last = key, shown_ts
         return report
 
 

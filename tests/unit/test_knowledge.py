@@ -553,6 +553,18 @@ def test_scan_log_journal_formats(kb):
     assert hit.count == 1 and hit.first == "2025-11-25T20:00:58.119Z"
 
 
+def test_scan_log_syslog_lines_keep_their_yearless_time(kb):
+    lines = [b"Nov 25 20:00:58 kvm1 libvirtd[99]: Cannot check QEMU binary /usr/libexec/qemu-kvm: No such file or directory\n",
+             b"Nov 25 20:01:00 kvm1 systemd[1]: Started libvirtd.service.\n",
+             b"Dec  1 09:00:00 kvm1 libvirtd[99]: Cannot check QEMU binary /usr/libexec/qemu-kvm: No such file or directory\n"]
+    hit = kb.scan_log(lines).hits["qemu-emulator-missing"]
+    assert (hit.count, hit.first, hit.last) == (2, "Nov 25 20:00:58", "Dec  1 09:00:00")
+    # an embedded libvirt time wins over the syslog prefix
+    hit = kb.scan_log([b"Nov 25 21:00:58 kvm1 libvirtd[99]: 2026-11-25 20:00:58.119+0000: 99: error : x:1 : "
+                       b"Cannot check QEMU binary /usr/libexec/qemu-kvm: No such file or directory\n"]).hits["qemu-emulator-missing"]
+    assert hit.first == "2026-11-25T20:00:58.119Z"
+
+
 def test_scan_log_survives_binary_huge_lines_and_bad_utf8(kb, tmp_path):
     path = tmp_path / "bad.log"
     with open(path, "wb") as fh:
