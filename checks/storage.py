@@ -60,8 +60,9 @@ def _cdrom_problems(dom):
                            f"'{d.target}' does not support ejectable media\" (older releases: \"disk type "
                            f"'{d.bus}' of '{d.target}' does not support ejectable media\")"))
         elif d.bus == "ide" and fam == "q35":
-            out.append((d, f"cdrom {d.target} on bus ide, but q35 machines have no IDE controller: "
-                           "use sata"))
+            out.append((d, f"cdrom {d.target} on bus ide, but q35 machines have no IDE controller: libvirt "
+                           "refuses it with \"IDE controllers are unsupported for this QEMU binary or machine "
+                           "type\"; use sata"))
     return out
 
 
@@ -278,7 +279,7 @@ def rename_targets(finding, facts, dom):
         return plan("Give each disk a unique target matching its bus (vd: virtio, hd: ide, sd: sata/scsi/usb) "
                     "and remove stale <address type='drive'> elements", Auto.MANUAL)
     tree, changes = result
-    return _redefine(dom, tree, f"Rename disk targets to match their bus: {', '.join(changes)}")
+    return _redefine(dom, tree, f"Make disk targets match their bus and drive addresses unique: {', '.join(changes)}")
 
 
 # -- sources on the host ---------------------------------------------------------------

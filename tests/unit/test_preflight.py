@@ -159,3 +159,26 @@ def test_usage_errors(capsys):
     assert main(["preflight"]) == 3
     assert main(["--offline", "preflight", "-", "-"]) == 3
     assert main(["--offline", "preflight", "x.xml", "--only", "no-such-slug"]) == 3
+
+
+def test_fix_rewrites_files_only_with_unsafe_and_reports_the_fixed_state(tmp_path, capsys):
+    path = write(tmp_path, "a.xml", BROKEN.replace("    <bogus/>\n", ""))
+    bk = str(tmp_path / "bk")
+    rc, doc, err = preflight(capsys, path, "--only", MINE, "--fix", "--backup-dir", bk)
+    assert rc == 2 and {a["status"] for a in doc["actions"]} == {"skipped"}
+    assert Path(path).read_text() == BROKEN.replace("    <bogus/>\n", "")  # unsafe edits need --unsafe
+    rc, doc, err = preflight(capsys, path, "--only", MINE, "--fix", "--unsafe", "--backup-dir", bk)
+    assert rc == 0, doc["findings"]
+    assert sorted(a["id"] for a in doc["actions"]) == ["boot-order-conflict", "cdrom-on-virtio"]
+    assert all(a["status"] == "fixed" and a["verified"] for a in doc["actions"])
+    text = Path(path).read_text()
+    assert "<boot dev=" not in text and "<target dev='hda' bus='ide'/>" in text
+    backups = sorted(Path(bk).glob("*/files" + path))
+    assert backups and backups[0].read_text() == BROKEN.replace("    <bogus/>\n", "")
+
+
+def test_fix_leaves_stdin_and_unfixable_problems_alone(tmp_path, capsys, monkeypatch):
+    path = write(tmp_path, "b.xml", BROKEN)  # <bogus/>: schema-invalid has no automatic fix
+    rc, doc, err = preflight(capsys, path, "--only", "schema-invalid", "--fix", "--unsafe",
+                             "--backup-dir", str(tmp_path / "bk"))
+    assert doc["actions"] == [] and Path(path).read_text() == BROKEN

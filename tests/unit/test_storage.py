@@ -209,7 +209,7 @@ def test_target_fix_on_a_file_with_duplicate_address(tmp_path):
     dom.extra["file"] = str(path)
     found = [r for r in engine.run_check(S.disk_target_bus_mismatch, f, dom) if r.status is Status.FAIL]
     p = S.disk_target_bus_mismatch.fixer_func(found[0], f, dom)
-    assert "hdb->sda" in p.summary  # the mismatched one is renamed, to the first free sd name
+    assert "hdb->sda" in p.summary and "drive addresses unique" in p.summary  # the mismatched one is renamed, to the first free sd name
 
     def recheck():
         d2 = domxml.parse_domain(path.read_text(), str(path))

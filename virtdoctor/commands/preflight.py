@@ -14,6 +14,13 @@ XML, not a domain, no <name>, entity declarations, too large, empty stdin).
 Unusable inputs are reported one line each on stderr (and under "errors" in
 the JSON document); the usable ones are still checked and reported, as a
 linter does, but the run exits 3 so a provisioning script never proceeds.
+
+`--fix` (with `--unsafe`: every XML edit is guest-visible) applies the fixes
+that rewrite an input file itself, one at a time: backup, rewrite, re-check
+from the rewritten file, restore on failure; then the report is that of the
+fixed files, with the outcomes under "actions". It never defines a domain and
+never touches anything but the input files (plans that would define a domain
+or change the host are left to `virtdoctor fix`).
 """
 from __future__ import annotations
 
@@ -36,6 +43,12 @@ def add_parser(sub) -> None:
                                    "'virt-install ... --print-xml | virtdoctor preflight -'.")
     p.add_argument("files", nargs="+", metavar="FILE", help="domain XML file, or - for stdin")
     _common.add_selection(p, domain=False)
+    p.add_argument("--fix", action="store_true",
+                   help="rewrite the XML files with the fixes that edit them (backup, re-check, roll back); "
+                        "never defines anything")
+    p.add_argument("--unsafe", action="store_true", help="with --fix: also guest-visible fixes (all XML edits are)")
+    p.add_argument("--backup-dir", default=None, metavar="DIR",
+                   help="with --fix: where backups of the files go (default /var/lib/virtdoctor/backups)")
     p.set_defaults(run=run)
 
 
@@ -114,13 +127,22 @@ def run(args, ctx) -> int:
         except ToolError as exc:
             errors.append({"input": path, "error": str(exc)})
     facts = ctx.facts()
+    actions = []
+    if getattr(args, "fix", False):
+        actions = fix_files(ctx, facts, checks, domains, unsafe=args.unsafe, backup_dir=args.backup_dir)
+        domains = [reload(d) for d in domains]
     findings = preflight(ctx, facts, checks, domains)
+    if actions and ctx.fmt != "json":
+        for a in actions:
+            print(f"{a['id']} {a['subject']}: {a['summary']} -> {a['status']}"
+                  + (f" ({a['detail']})" if a.get("detail") else ""), file=ctx.out)
     for e in errors:
         print(f"virtdoctor: {e['error']}", file=ctx.err)
     if ctx.fmt == "json":
         target = _common.target(ctx, facts)
         target["inputs"] = [d.source for d in domains]
-        jsonr.dump(jsonr.document("preflight", target, findings, errors=errors), ctx.out)
+        extra = {"actions": actions} if getattr(args, "fix", False) else {}
+        jsonr.dump(jsonr.document("preflight", target, findings, errors=errors, **extra), ctx.out)
     elif domains:
         from virtdoctor.render.text import render_findings
 
@@ -128,3 +150,74 @@ def run(args, ctx) -> int:
     if errors:
         return EXIT_UNUSABLE
     return exit_status(findings)
+
+
+def reload(dom: domxml.Domain) -> domxml.Domain:
+    """The domain read again from its file (after --fix rewrote it)."""
+    path = dom.extra.get("file")
+    return load(dom.source) if path else dom
+
+
+def _file_plan(p, dom) -> bool:
+    """Only plans that rewrite this very input file are applied by preflight:
+    never a define, never anything else on the host."""
+    from virtdoctor.remedy import WriteFile
+
+    return bool(p.actions) and all(isinstance(a, WriteFile) and a.path == dom.extra.get("file") for a in p.actions)
+
+
+def fix_files(ctx, facts, checks, domains, *, unsafe: bool, backup_dir: str | None) -> list[dict]:
+    """Apply, file by file and one at a time, the fixes that rewrite the
+    input file, re-checking each from the rewritten file and restoring the
+    backup when the re-check still fails."""
+    from virtdoctor import engine, remedy
+    from virtdoctor.model import Auto, Status
+
+    lookup = _common.knowledge_lookup(ctx)
+    env = remedy.Env(root="/")
+    base = backup_dir or remedy.DEFAULT_BACKUP_DIR
+    outcomes: list[dict] = []
+    for dom in domains:
+        if not dom.extra.get("file"):
+            continue
+        tried: set[tuple[str, str]] = set()
+        for _round in range(len(checks) + 1):
+            current = reload(dom)
+            todo = None
+            for chk in checks:
+                if chk.fixer_func is None:
+                    continue
+                for f in engine.run_check(chk, facts, current, lookup):
+                    if f.status is not Status.FAIL or (chk.slug, f.message) in tried:
+                        continue
+                    try:
+                        p = chk.fixer_func(f, facts, current)
+                    except Exception:
+                        p = None
+                    if p is not None and _file_plan(p, current):
+                        todo = (chk, f, p)
+                        break
+                if todo:
+                    break
+            if todo is None:
+                break
+            chk, f, p = todo
+            tried.add((chk.slug, f.message))
+            entry = {"id": f.id, "subject": f.subject, "summary": p.summary, "auto": p.auto.value,
+                     "commands": p.commands, "diff": p.diff(env), "applied": False, "verified": False,
+                     "backup": None}
+            if p.auto is Auto.UNSAFE and not unsafe:
+                entry.update(status="skipped", detail="unsafe (guest-visible change): needs --unsafe as well")
+                outcomes.append(entry)
+                continue
+
+            def recheck(chk=chk, subject=f.subject):
+                fresh = reload(dom)
+                rs = [r for r in engine.run_check(chk, facts, fresh, lookup) if r.subject == subject]
+                bad = [r for r in rs if r.status in (Status.FAIL, Status.ERROR)]
+                return (not bad, bad[0].message if bad else "")
+
+            out = remedy.apply_plan(p, env, f.id, f.subject, recheck, base)
+            entry.update(out.to_dict())
+            outcomes.append(entry)
+    return outcomes
