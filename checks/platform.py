@@ -64,7 +64,8 @@ DEVICES = {
                           "virtio-net falls back to QEMU's userspace backend: slow guest networking"),
     "tun-missing": ("/dev/net/tun", "tun", "tun", 0o666, None,
                     "tap devices cannot be created: guests with <interface type='network'> or 'bridge' "
-                    "cannot start"),
+                    "fail to start with \"Unable to open /dev/net/tun, is tun module loaded?: No such file "
+                    "or directory\""),
 }
 
 
@@ -153,7 +154,8 @@ def tun_missing(facts):
     """Looks at /dev/net/tun (a character device), the tun module and the misc
     device the driver registered (/sys/class/misc/tun/dev).
     Why: libvirt creates a tap device per guest NIC through it; without it
-    every <interface type='network'|'bridge'> guest fails to start.
+    every <interface type='network'|'bridge'> guest fails to start with
+    "Unable to open /dev/net/tun, is tun module loaded?: No such file or directory".
     Fix safety: safe; modprobe tun plus /etc/modules-load.d, or mknod when the
     driver is loaded but the node is missing; manual when the kernel has no tun."""
     return _device_result(facts, "tun-missing")

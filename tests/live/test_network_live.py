@@ -211,3 +211,32 @@ def test_missing_macvtap_lower_device_text(vm_xml, define_vm, run_virtdoctor):
     (f,) = findings(out, "macvtap-source-enslaved")
     assert f["status"] == "fail"
     assert "Unable to get index for interface vdtest-nodev0: No such device" in f["message"]
+
+
+def test_missing_tun_node_found_recreated_and_guest_starts(file_guard, vm_xml, define_vm, run_virtdoctor):
+    """tun-missing (virt-host-validate parity), live: the tun driver is built in here, so the
+    node can vanish (no udev) while /sys/class/misc/tun/dev still says 10:200; the safe fix
+    recreates it with mknod and a guest with a NIC starts again."""
+    node = "/dev/net/tun"
+    st = os.stat(node)
+    assert os.path.exists("/sys/class/misc/tun/dev")
+    file_guard(node)  # puts the original node back (type, rdev, mode, owner) whatever happens
+    dom = define_vm(vm_xml("vdtest-net-tun", network="default", memory_mib=64))
+    os.unlink(node)
+    with pytest.raises(libvirt.libvirtError) as err:
+        dom.create()
+    assert "Unable to open /dev/net/tun, is tun module loaded?: No such file or directory" in str(err.value)
+
+    rc, out, _ = run_virtdoctor("--format", "json", "check", "--only", "tun-missing")
+    (f,) = findings(out, "tun-missing")
+    assert f["status"] == "fail" and f["severity"] == "error"
+    assert "Unable to open /dev/net/tun, is tun module loaded?" in f["message"]
+    assert f["fix"]["auto"] == "safe" and "mknod -m 0666 /dev/net/tun c 10 200" in f["fix"]["commands"]
+
+    rc, out, err_text = run_virtdoctor("--format", "json", "fix", "--yes", "--only", "tun-missing",
+                                       "--backup-dir", "/tmp/vdtest-backups")
+    actions = json.loads(out)["actions"]
+    assert [a["status"] for a in actions] == ["fixed"], (actions, err_text)
+    new = os.stat(node)
+    assert new.st_rdev == st.st_rdev and (new.st_mode & 0o7777) == 0o666
+    start_and_prove(dom)
