@@ -119,8 +119,11 @@ def _target_problems(dom):
 
     out = []
     seen: dict[str, object] = {}
-    ordered = libvirt_disk_order(dom.disks)
-    for d in ordered:
+    disks = dom.disks
+    if not disks:
+        return out
+    ordered = libvirt_disk_order(disks) if len(disks) > 1 else disks
+    for d in ordered if len(disks) > 1 else ():
         if not d.target:
             continue
         if d.target in seen:
@@ -132,7 +135,7 @@ def _target_problems(dom):
         else:
             seen[d.target] = d
     addrs: dict[tuple, object] = {}
-    for d in ordered:
+    for d in ordered if len(disks) > 1 else ():
         a = d.drive_address()
         if a is None:
             continue
@@ -147,11 +150,11 @@ def _target_problems(dom):
         else:
             addrs[key] = d
     hostdev_addrs = {}
-    for hd in dom.root.iterfind("devices/hostdev[@type='scsi']"):
+    for hd in dom.root.iterfind("devices/hostdev[@type='scsi']") if any(d.bus == "scsi" for d in disks) else ():
         a = hd.find("address[@type='drive']")
         if a is not None:
             hostdev_addrs[tuple(int(a.get(k, "0"), 0) for k in ("controller", "bus", "target", "unit"))] = hd
-    for d in ordered:
+    for d in ordered if hostdev_addrs else ():
         a = d.drive_address()
         if d.bus == "scsi" and d.address is None and a in hostdev_addrs:
             out.append(("error", d, None, "hostdev-address",
@@ -159,10 +162,12 @@ def _target_problems(dom):
                         f"{hostdev_addrs[a].sourceline}: libvirt refuses it with \"using disk target name "
                         f"'{d.target}' conflicts with SCSI host device address controller='{a[0]}' bus='{a[1]}' "
                         f"target='{a[2]}' unit='{a[3]}'\""))
-    for d in dom.disks:
-        prefix = disk_name_prefix(d.target)
+    for d in disks:
         t = d.el.find("target")
-        if prefix is None or t is None or not t.get("bus"):
+        if t is None or not t.get("bus"):
+            continue
+        prefix = disk_name_prefix(t.get("dev") or "")
+        if prefix is None:
             continue
         if d.bus not in PREFIX_BUSES.get(prefix, ()) and d.bus in BUS_PREFIX:
             out.append(("warning", d, None, "prefix",
