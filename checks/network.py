@@ -333,16 +333,58 @@ def _find_tool(facts, name: str) -> tuple[str | None, str | None]:
     return None, facts.which(name)
 
 
+def _tool_users(facts, backend) -> dict[str, list[str]] | None:
+    """tool -> "network:N"/"domain:D" that need it; None when libvirt is unreachable.
+    Measured on libvirt 9.0: a NAT network's start runs /usr/sbin/iptables;
+    ip6tables only for networks with IPv6; ebtables only for nwfilter
+    (<filterref> on a domain's NIC); the nftables backend runs nft for all."""
+    try:
+        nets = facts.libvirt.networks()
+        infos = facts.libvirt.domains()
+    except FactUnavailable:
+        return None
+    users: dict[str, list[str]] = {}
+    for n in nets:
+        try:
+            root = _xml(n.xml)
+        except etree.XMLSyntaxError:
+            continue
+        if not needs_firewall(root):
+            continue
+        v6 = any(ip.get("family") == "ipv6" or ":" in (ip.get("address") or "") for ip in root.iterfind("ip"))
+        if backend == "nftables":
+            users.setdefault("nft", []).append(f"network:{n.name}")
+            continue
+        v4 = any(ip.get("family") in (None, "ipv4") and ":" not in (ip.get("address") or "")
+                 for ip in root.iterfind("ip")) or not v6
+        if v4:
+            users.setdefault("iptables", []).append(f"network:{n.name}")
+        if v6 or root.get("ipv6") == "yes":
+            users.setdefault("ip6tables", []).append(f"network:{n.name}")
+    for info in infos:
+        try:
+            root = _xml(info.xml)
+        except etree.XMLSyntaxError:
+            continue
+        if root.find("devices/interface/filterref") is not None:
+            users.setdefault("ebtables" if backend != "nftables" else "nft", []).append(f"domain:{info.name}")
+            users.setdefault("iptables", []).append(f"domain:{info.name}")
+    return users
+
+
 @check("firewall-ebtables-missing", scope="host", area="network", severity="error",
        title="The firewall tools libvirt's networks need are installed")
 def firewall_ebtables_missing(facts):
     """Looks at the firewall backend (network.conf `firewall_backend` where
     libvirt has it, else libvirt 9.0's iptables/ip6tables/ebtables) and whether
     its binaries exist where libvirt runs them (/usr/sbin), following symlinks
-    (a dangling `alternatives` link counts as missing).
+    (a dangling `alternatives` link counts as missing), against what the
+    defined networks (NAT/isolated/routed, IPv4/IPv6) and nwfilter users need.
     Why: older libvirt refused to start its firewall with "direct firewall
-    backend requested, but /sbin/ebtables is not available"; newer releases
-    fail when a NAT or isolated network's rules are applied."""
+    backend requested, but /sbin/ebtables is not available"; libvirt 9.0 fails
+    the network start with "internal error: Failed to apply firewall rules
+    /usr/sbin/iptables -w ... cannot execute binary /usr/sbin/iptables: No such
+    file or directory"."""
     backend, source = firewall_backend(facts)
     tools = FIREWALL_TOOLS.get(backend)
     if tools is None:
@@ -356,30 +398,33 @@ def firewall_ebtables_missing(facts):
             missing.append(t)
             if other:
                 elsewhere[t] = other
-    nets = _networks_or_none(facts)
-    needing = []
-    for n in nets or ():
-        try:
-            if needs_firewall(_xml(n.xml)):
-                needing.append(n.name)
-        except etree.XMLSyntaxError:
-            continue
+    users = _tool_users(facts, backend)
     firewalld = bool(facts.process_named("firewalld"))
     evidence = {"backend": backend or "iptables (libvirt 9.0)", "source": source, "tools": found,
-                "missing": missing, "found_elsewhere": elsewhere, "networks_needing_firewall": needing,
+                "missing": missing, "found_elsewhere": elsewhere, "needed_by": users,
                 "firewalld_running": firewalld}
     if not missing:
         return Pass(f"{', '.join(found[t] for t in tools)} present ({source})", evidence)
     where = "".join(f"; {t} is at {p}, but libvirt runs {FIREWALL_DIRS[0]}/{t}" for t, p in elsewhere.items())
-    text = (f"{', '.join(missing)} missing ({source}){where}")
-    if firewalld:
-        return Warn(f"{text}; firewalld runs, so libvirt passes its rules through firewalld, but the "
-                    f"nwfilter driver still needs ebtables/iptables", evidence)
-    if nets is not None and not needing:
-        return Warn(f"{text}: no defined network needs firewall rules now, but a NAT or isolated network "
-                    f"would fail to start", evidence)
-    who = f"network(s) {', '.join(needing)}" if needing else "NAT and isolated networks"
-    return Fail(f"{text}: {who} fail to start when libvirt applies their firewall rules", evidence)
+    text = f"{', '.join(missing)} missing ({source}){where}"
+    needed = {t: users[t] for t in missing if users and users.get(t)}
+    if users is None:
+        # cannot see the networks: judge by what a NAT network and nwfilter need
+        needed = {t: ["NAT and isolated networks"] for t in missing if t in ("iptables", "nft")}
+    if firewalld and not needed.get("ebtables"):
+        return Warn(f"{text}; firewalld runs, so libvirt passes its network rules through firewalld, but "
+                    f"the nwfilter driver still runs the tools itself", evidence)
+    if not needed:
+        return Warn(f"{text}: nothing defined needs {'it' if len(missing) == 1 else 'them'} now, but "
+                    + ("a NAT or isolated network would fail to start" if set(missing) & {"iptables", "nft"}
+                       else "IPv6 networks (ip6tables) and <filterref> network filters (ebtables) would fail"),
+                    evidence)
+    parts = []
+    for t, who in needed.items():
+        err = (f"\"Failed to apply firewall rules {FIREWALL_DIRS[0]}/{t} ...: cannot execute binary "
+               f"{FIREWALL_DIRS[0]}/{t}: No such file or directory\"")
+        parts.append(f"{', '.join(who)} cannot start without {t}: {err}")
+    return Fail(f"{text}: " + "; ".join(parts), evidence)
 
 
 @firewall_ebtables_missing.fixer

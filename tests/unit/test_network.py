@@ -304,8 +304,33 @@ def test_firewall_dangling_alternative_is_missing(fake_root):
     f = one(net.firewall_ebtables_missing, make_facts(fake_root, [], [netinfo()]))
     assert f.status is Status.FAIL and f.severity is Severity.ERROR
     assert f.evidence["missing"] == ["iptables"]
-    assert "network(s) default fail to start" in f.message
+    assert "network:default cannot start without iptables" in f.message
+    assert "cannot execute binary /usr/sbin/iptables: No such file or directory" in f.message
     assert f.fix.auto is Auto.MANUAL and "iptables" in f.fix.commands[0]
+
+
+V6_NET = """<network><name>v6</name><bridge name='virbr6'/><forward mode='nat'/>
+<ip family='ipv6' address='fd00:1::1' prefix='64'/></network>"""
+FILTERED = ("<interface type='network'><source network='default'/>"
+            "<filterref filter='clean-traffic'/></interface>")
+
+
+@pytest.mark.parametrize("present, networks, domains, severity, expect", [
+    pytest.param(["iptables", "ip6tables"], [netinfo()], [], Severity.WARNING, "nothing defined needs it",
+                 id="no-ebtables-nobody-needs-it"),
+    pytest.param(["iptables", "ip6tables"], [netinfo()], [dominfo("f", FILTERED)], Severity.ERROR,
+                 "domain:f cannot start without ebtables", id="no-ebtables-filterref"),
+    pytest.param(["iptables", "ebtables"], [netinfo()], [], Severity.WARNING, "nothing defined needs it",
+                 id="no-ip6tables-ipv4-only"),
+    pytest.param(["iptables", "ebtables"], [netinfo(), netinfo("v6", xml=V6_NET)], [], Severity.ERROR,
+                 "network:v6 cannot start without ip6tables", id="no-ip6tables-ipv6-network"),
+])
+def test_firewall_tool_needed_by(fake_root, present, networks, domains, severity, expect):
+    for t in present:
+        exe(fake_root, f"/usr/sbin/{t}")
+    f = one(net.firewall_ebtables_missing, make_facts(fake_root, domains, networks))
+    assert f.status is Status.FAIL and f.severity is severity, f.message
+    assert expect in f.message
 
 
 def test_firewall_tool_elsewhere_on_path(fake_root):
