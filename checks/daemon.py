@@ -382,7 +382,8 @@ def point_qemu_conf_at_account(finding, facts):
                 "running guests keep running" if was_running else "it is not running and is started")]
     notes.append(f"QEMU will run as {user}:{group}: disk images, /dev/kvm and other files must be "
                  "reachable by that account (dynamic_ownership relabels images)")
-    return plan(f"Set user = \"{user}\" and group = \"{group}\" in {QEMU_CONF} and restart {daemon}",
+    keys = " and ".join(f"{a.key} = \"{a.value}\"" for a in actions if isinstance(a, SetConfKey))
+    return plan(f"Set {keys} in {QEMU_CONF} and {'restart' if was_running else 'start'} {daemon}",
                 Auto.UNSAFE, *actions, notes=notes)
 
 
