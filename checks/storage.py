@@ -325,8 +325,19 @@ def disk_source_missing(facts, dom):
         if d.startup_policy == "optional":
             continue  # libvirt drops the medium and starts
         out.append(Fail(f"{d.device} {d.target}: {path} does not exist: the start fails with \"Cannot access "
-                        f"storage file '{path}': No such file or directory\"", ev, key=d.target))
+                        f"storage file '{path}'{_as_qemu(facts, d)}: No such file or directory\"", ev, key=d.target))
     return out or Pass(f"{checked} local source(s) exist" if checked else "no local disk source")
+
+
+def _as_qemu(facts, disk) -> str:
+    """libvirt probes images that can have a backing chain (anything but raw)
+    as QEMU's user and says so: " (as uid:64055, gid:64055)"."""
+    drv = disk.driver
+    fmt = drv.get("type") if drv is not None else None
+    if fmt in (None, "raw") or disk.type == "block":
+        return ""
+    ident = qemu_identity(facts)
+    return f" (as uid:{ident[1]}, gid:{ident[2]})" if ident is not None else ""
 
 
 @disk_source_missing.fixer

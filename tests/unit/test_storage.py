@@ -384,3 +384,11 @@ def test_permission_skips_when_qemu_user_is_missing(fake_root):
     fake_root.write("/etc/libvirt/qemu.conf", 'user = "libvirt-qemu"\n')
     [r] = perm_results(fake_root, facts(fake_root), disk("vda", "virtio"))
     assert r.status is Status.SKIP and "qemu-user-missing" in r.message
+
+
+def test_disk_source_missing_quotes_the_qemu_uid_for_qcow2(fake_root):
+    f = host(fake_root)
+    drv = "      <driver name='qemu' type='qcow2'/>\n"
+    [r] = fails(S.disk_source_missing, f, xml(devices=disk("vda", "virtio", driver=drv)))
+    assert ("Cannot access storage file '/var/lib/libvirt/images/vda.img' (as uid:64055, gid:64055): "
+            "No such file or directory") in r.message
