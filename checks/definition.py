@@ -91,7 +91,7 @@ def transient_undefine(facts, dom):
     No automatic fix: stop it with `virsh destroy NAME`, or make it persistent
     with `virsh dumpxml NAME > NAME.xml; virsh define NAME.xml`."""
     if dom.info is None:
-        return Skip("an XML file, not a domain of the daemon: persistence does not apply yet")
+        return Pass("an XML file: it becomes persistent when defined with virsh define")
     if dom.info.persistent:
         return Pass("persistent")
     return Warn(f"{dom.name} is transient: it disappears when it stops, and 'virsh undefine' fails with "

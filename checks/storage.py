@@ -169,7 +169,9 @@ def _target_problems(dom):
         prefix = disk_name_prefix(t.get("dev") or "")
         if prefix is None:
             continue
-        if d.bus not in PREFIX_BUSES.get(prefix, ()) and d.bus in BUS_PREFIX:
+        # only where the name decides the drive address (ide, sata, scsi, fdc): on virtio or usb a
+        # name is a mere hint (libvirt: not guaranteed to match the guest's device name)
+        if d.bus not in PREFIX_BUSES.get(prefix, ()) and d.bus in ("ide", "sata", "scsi", "fdc"):
             out.append(("warning", d, None, "prefix",
                         f"target {d.target} on bus {d.bus}: the name says {'/'.join(PREFIX_BUSES[prefix])}; "
                         f"libvirt derives the drive address from the name, so a bus changed without the target "

@@ -81,6 +81,7 @@ def test_cdrom_on_virtio(tmp_path, machine, devices, n):
     pytest.param(disk("vda", "virtio") + disk("vda", "virtio", source="/b.img"), ["duplicate-target"],
                  id="duplicate-target"),
     pytest.param(disk("vdb", "sata"), ["prefix"], id="vd-on-sata"),
+    pytest.param(disk("hda", "virtio"), [], id="hd-on-virtio-is-a-mere-hint"),
     pytest.param(disk("sda", "scsi") + disk("sdh", "scsi"), [], id="wide-scsi-skips-unit-7"),
 ])
 def test_disk_target_bus_mismatch(tmp_path, devices, kinds):
