@@ -321,7 +321,7 @@ def disk_source_missing(facts, dom):
     checked = 0
     for d, path in _local_sources(dom):
         checked += 1
-        if facts.exists(path) and facts.stat(path) is not None:
+        if facts.stat(path) is not None:
             continue
         ev = {"target": d.target, "path": path, "device": d.device, "line": d.line}
         if d.startup_policy == "optional":
