@@ -444,6 +444,14 @@ def test_user_aliases_come_from_xdg_config(fake_root, monkeypatch):
     assert resolve_uri("mine", env={}, euid=0, facts=f) == "qemu:///system"
 
 
+def test_user_uri_default_comes_from_xdg_config(fake_root, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", "/home/alice/.config")
+    fake_root.write("/home/alice/.config/libvirt/libvirt.conf", 'uri_default = "qemu:///system"\n')
+    f = facts_for(fake_root)
+    assert resolve_uri(None, env={}, euid=1000, facts=f) == "qemu:///system"
+    assert resolve_uri(None, env={"LIBVIRT_DEFAULT_URI": "test:///default"}, euid=1000, facts=f) == "test:///default"
+
+
 def test_resolved_uri_of_host_facts(fake_root, monkeypatch):
     monkeypatch.delenv("LIBVIRT_DEFAULT_URI", raising=False)
     assert HostFacts(root=str(fake_root), uri="test:///default").resolved_uri == "test:///default"

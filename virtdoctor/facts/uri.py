@@ -32,15 +32,18 @@ def parse_uri(uri: str) -> ParsedUri:
     return ParsedUri(uri, driver, transport, parts.hostname or "", parts.path or "")
 
 
-def aliases(facts, euid: int) -> dict[str, str]:
-    """uri_aliases of libvirt.conf: /etc/libvirt/libvirt.conf as root,
-    $XDG_CONFIG_HOME/libvirt/libvirt.conf otherwise."""
+def client_conf_path(euid: int) -> str:
+    """The libvirt.conf a client reads (virConfLoadConfig): /etc/libvirt/libvirt.conf
+    as root, $XDG_CONFIG_HOME/libvirt/libvirt.conf otherwise."""
     if euid == 0:
-        path = "/etc/libvirt/libvirt.conf"
-    else:
-        cfg = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-        path = os.path.join(cfg, "libvirt", "libvirt.conf")
-    value = facts.conf_value(path, "uri_aliases", []) or []
+        return "/etc/libvirt/libvirt.conf"
+    cfg = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(cfg, "libvirt", "libvirt.conf")
+
+
+def aliases(facts, euid: int) -> dict[str, str]:
+    """uri_aliases of the client's libvirt.conf (see client_conf_path)."""
+    value = facts.conf_value(client_conf_path(euid), "uri_aliases", []) or []
     out = {}
     for item in value if isinstance(value, list) else [value]:
         name, sep, target = str(item).partition("=")
@@ -50,8 +53,8 @@ def aliases(facts, euid: int) -> dict[str, str]:
 
 
 def default_uri_from_conf(facts, euid: int) -> str | None:
-    path = "/etc/libvirt/libvirt.conf" if euid == 0 else None
-    return facts.conf_value(path, "uri_default") if path else None
+    """uri_default of the same file: a normal user's own libvirt.conf counts too."""
+    return facts.conf_value(client_conf_path(euid), "uri_default")
 
 
 def resolve_uri(explicit: str | None, *, env, euid: int, facts) -> str:
