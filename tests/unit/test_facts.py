@@ -522,6 +522,12 @@ def test_probe_the_real_kvm():
         assert p.api_version == 12 and p.vm_created and p.usable
 
 
+def test_foreign_root_does_not_connect_to_this_machines_libvirt_unless_asked(fake_root):
+    with pytest.raises(FactUnavailable, match="is not this machine: not connecting to its libvirt"):
+        HostFacts(root=str(fake_root)).libvirt
+    assert HostFacts(root=str(fake_root), uri="test:///default").libvirt.uri == "test:///default"
+
+
 def test_libvirt_gate(fake_root):
     with pytest.raises(FactUnavailable, match="--offline"):
         HostFacts(root=str(fake_root), offline=True).libvirt

@@ -312,6 +312,11 @@ class HostFacts:
         if self.libvirt_facts is None:
             if self.offline:
                 raise FactUnavailable("--offline: not connecting to libvirt")
+            if self.uri is None and not self.is_live:
+                # the files are another system's (a mounted image, a copied /etc): this
+                # machine's daemon would describe something else, so only when asked (-c)
+                raise FactUnavailable(f"--root {self.root} is not this machine: not connecting to its libvirt "
+                                      "(give -c URI to connect anyway)")
             from virtdoctor.facts.libvirt import LiveLibvirt
 
             self.libvirt_facts = LiveLibvirt(self.resolved_uri, timeout=self.timeout)
