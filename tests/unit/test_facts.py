@@ -61,6 +61,15 @@ def test_paths_are_rooted(host):
     assert not f.is_live and HostFacts(root="/").is_live
 
 
+def test_dot_dot_stays_in_the_root(host, tmp_path):
+    (tmp_path / "outside").write_text("not the host's")
+    host.write("/etc/inside", "inside")
+    f = facts_for(host)
+    assert f.path("/../outside") == str(host.path("/outside"))
+    assert f.read_text("/../outside") is None and f.read_text("/../../etc/../etc/inside") == "inside"
+    assert f.path("/etc/libvirt/../passwd") == str(host.path("/etc/passwd"))
+
+
 def test_read_bytes_replaces_bad_utf8_and_limits(host):
     host.write("/etc/bin", b"ok\xffok")
     f = facts_for(host)

@@ -95,7 +95,8 @@ class HostFacts:
             raise ValueError(f"host paths are absolute: {host_path!r}")
         if self.root in ("", "/"):
             return host_path
-        return os.path.join(self.root, host_path.lstrip("/"))
+        # ".." never climbs out of the root (paths come from domain XML, configs...)
+        return os.path.join(self.root, os.path.normpath(host_path).lstrip("/"))
 
     def host_path(self, real_path: str) -> str:
         if self.root in ("", "/"):
