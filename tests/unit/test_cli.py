@@ -238,6 +238,8 @@ def test_a_uri_libvirt_rejects_is_a_finding_not_a_traceback(plugin, capsys):
     doc = json.loads(out)
     assert_contract(doc, "check")
     assert doc["target"]["uri"] == "bogus:///x"
+    skips = [f for f in doc["findings"] if f["status"] == "skip" and "bogus" in f["message"]]
+    assert skips, "the checks that need the connection say why they skipped"
 
 
 # -- the text report -------------------------------------------------------------------
