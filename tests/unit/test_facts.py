@@ -97,6 +97,27 @@ def test_realpath_stays_in_the_root(host):
         f.realpath("/loop/a")
 
 
+def test_absolute_symlinks_resolve_below_the_root(host):
+    """A mounted image's absolute link means the image's file, never this machine's."""
+    host.write("/etc/libvirt/qemu/networks/default.xml", "<network><name>default</name></network>")
+    host.symlink("/etc/libvirt/qemu/networks/autostart/default.xml", "/etc/libvirt/qemu/networks/default.xml")
+    host.symlink("/etc/hostname-link", "/etc/hostname")  # exists on this machine, not in the image
+    host.symlink("/etc/alt", "/etc/libvirt")  # a linked directory
+    host.write("/usr/share/OVMF/OVMF_CODE.fd", "fw", mode=0o600)
+    host.symlink("/usr/share/qemu/OVMF.fd", "/usr/share/OVMF/OVMF_CODE.fd")
+    f = facts_for(host)
+    assert f.read_text("/etc/libvirt/qemu/networks/autostart/default.xml") == "<network><name>default</name></network>"
+    assert f.read_text("/etc/hostname-link") is None
+    assert f.stat("/etc/hostname-link") is None and f.exists("/etc/hostname-link")
+    assert f.stat("/etc/hostname-link", follow=False).is_symlink
+    assert f.stat("/usr/share/qemu/OVMF.fd").mode_text == "0600"
+    assert f.is_dir("/etc/alt") and f.listdir("/etc/alt") == ["qemu"]
+    assert f.read_text("/etc/alt/qemu/networks/default.xml").startswith("<network>")
+    assert f.exists("/etc/alt/qemu/networks/autostart/default.xml")
+    host.symlink("/usr/sbin/libvirtd", "/bin/true")  # an executable on this machine only
+    assert f.which("libvirtd") is None
+
+
 def test_which(host):
     host.write("/usr/sbin/libvirtd", "#!/bin/sh\n", mode=0o755)
     host.write("/usr/bin/notexec", "", mode=0o644)

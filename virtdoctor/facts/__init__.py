@@ -98,6 +98,22 @@ class HostFacts:
         # ".." never climbs out of the root (paths come from domain XML, configs...)
         return os.path.join(self.root, os.path.normpath(host_path).lstrip("/"))
 
+    def _real(self, host_path: str, *, follow: bool = True) -> str:
+        """Like `path`, with symlinks inside the root resolved below the root (an
+        absolute link in a mounted image means that image's file, not this
+        machine's); with follow=False the last component stays unresolved."""
+        if self.root in ("", "/"):
+            return host_path
+        norm = os.path.normpath(host_path)
+        try:
+            if follow:
+                norm = _realpath_in_root(self, norm)
+            else:
+                norm = os.path.join(_realpath_in_root(self, os.path.dirname(norm)), os.path.basename(norm))
+        except FactUnavailable:  # a symlink loop: the kernel reports ELOOP on use
+            pass
+        return self.path(norm)
+
     def host_path(self, real_path: str) -> str:
         if self.root in ("", "/"):
             return real_path
@@ -105,14 +121,14 @@ class HostFacts:
         return "/" + ("" if rel == "." else rel)
 
     def exists(self, host_path: str) -> bool:
-        return os.path.lexists(self.path(host_path))
+        return os.path.lexists(self._real(host_path, follow=False))
 
     def is_dir(self, host_path: str) -> bool:
-        return os.path.isdir(self.path(host_path))
+        return os.path.isdir(self._real(host_path))
 
     def listdir(self, host_path: str) -> list[str]:
         try:
-            return sorted(os.listdir(self.path(host_path)))
+            return sorted(os.listdir(self._real(host_path)))
         except FileNotFoundError:
             return []
         except NotADirectoryError:
@@ -130,7 +146,7 @@ class HostFacts:
         return None if data is None else data.decode("utf-8", "replace")
 
     def read_bytes(self, host_path: str, *, limit: int = MAX_READ) -> bytes | None:
-        real = self.path(host_path)
+        real = self._real(host_path)
         try:
             with open(real, "rb") as fh:
                 return fh.read(limit)
@@ -145,7 +161,7 @@ class HostFacts:
 
     def read_tail(self, host_path: str, max_bytes: int = 1 << 20) -> str | None:
         """The last `max_bytes` of a file (logs), None when absent."""
-        real = self.path(host_path)
+        real = self._real(host_path)
         try:
             with open(real, "rb") as fh:
                 fh.seek(0, os.SEEK_END)
@@ -163,7 +179,7 @@ class HostFacts:
     def stat(self, host_path: str, *, follow: bool = True) -> FileInfo | None:
         """Mode, owner, group, type and POSIX ACL of a path; None when absent
         (a dangling symlink with follow=True is absent too: see `exists`)."""
-        real = self.path(host_path)
+        real = self._real(host_path, follow=follow)
         try:
             st = os.stat(real) if follow else os.lstat(real)
         except (FileNotFoundError, NotADirectoryError):
@@ -183,10 +199,10 @@ class HostFacts:
     def which(self, name: str, extra: tuple[str, ...] = ()) -> str | None:
         """The host path of an executable named `name` in the usual bin dirs."""
         if "/" in name:
-            real = self.path(name)
+            real = self._real(name)
             return name if os.path.isfile(real) and os.access(real, os.X_OK) else None
         for d in (*extra, *SEARCH_PATH):
-            real = self.path(f"{d}/{name}")
+            real = self._real(f"{d}/{name}")
             if os.path.isfile(real) and os.access(real, os.X_OK):
                 return f"{d}/{name}"
         return None
