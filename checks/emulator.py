@@ -100,7 +100,10 @@ def point_at_capabilities_emulator(finding, facts, dom):
     if dom.info is None or not dom.name or not dom.emulator:
         return None
     arch = dom.arch or fwfacts.host_arch(facts)[0] or ""
-    new = fwfacts.emulator_for(facts, arch, dom.virt_type)
+    try:
+        new = fwfacts.emulator_for(facts, arch, dom.virt_type)
+    except FactUnavailable:  # no capabilities: the installed qemu-system-ARCH
+        new = next((p for p in fwfacts.installed_emulators(facts) if fwfacts.emulator_arch(p) == arch), None)
     if not new or new == dom.emulator:
         return None
     tree = copy.deepcopy(dom.tree)

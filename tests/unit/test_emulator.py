@@ -245,3 +245,14 @@ def test_domain_rom_fix_is_manual_install(fake_root):
     base(fake_root, seabios=False)
     f = one(EM.romfile_missing, facts_for(fake_root), dom_of(domain_xml(devices=VGA)))
     assert f.fix.auto.value == "manual" and f.fix.commands == ("apt-get install -y seabios",)
+
+
+def test_domain_emulator_fix_without_capabilities_uses_installed_emulator(fake_root):
+    base(fake_root)
+    dom = dom_of(domain_xml(emulator="/usr/libexec/qemu-kvm"))
+    facts = facts_for(fake_root)
+    f = one(EM.qemu_emulator_missing, facts, dom)
+    broken = HostFacts(root=str(fake_root), uri="qemu:///system",
+                       libvirt_facts=RecordedLibvirt(error="libvirt: the daemon did not answer"))
+    p = EM.point_at_capabilities_emulator(f, broken, dom)
+    assert etree.fromstring(p.actions[0].new_xml).findtext("devices/emulator") == "/usr/bin/qemu-system-x86_64"
