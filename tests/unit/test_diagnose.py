@@ -452,3 +452,24 @@ def test_daemon_record_kept_when_only_a_continuation_line_names_the_domain(fake_
     fake_root.write("/var/log/libvirt/libvirtd.log", log)
     lines, _ = diagnose.daemon_records(facts_for(fake_root), NAME, None)
     assert lines == log.splitlines()[:2]
+
+
+def test_records_of_the_start_window_confirm_less_than_texts_about_the_domain(kb):
+    # seen live: while this domain's start failed on its network, another session broke the
+    # host for its own test; a daemon record of that moment (another domain's error) named
+    # that other cause, whose host check failed too
+    texts = [("start", "Requested operation is not valid: network 'vdtest-n' is not active"),
+             ("daemon log, during the start", "2026-11-25 21:40:00.000+0000: 9: error : "
+                                              "virQEMUCapsNewForBinaryInternal:5859 : Cannot check QEMU binary "
+                                              "/usr/libexec/qemu-kvm: No such file or directory")]
+    findings = [finding("qemu-emulator-missing", subject="host"), finding("default-network-inactive"),
+                finding("tun-missing", subject="host")]
+    causes = diagnose.rank(kb, diagnose.message_matches(kb, texts), findings, NAME)
+    assert [(c["id"], c["tier"]) for c in causes] == [
+        ("default-network-inactive", "confirmed"),
+        ("qemu-emulator-missing", "check fails, log agrees"),
+        ("tun-missing", "host check fails")]
+    assert not causes[1]["confirmed"]
+    # alone, a window record is a hint
+    alone = diagnose.rank(kb, diagnose.message_matches(kb, texts[1:]), [], NAME)
+    assert [(c["id"], c["tier"]) for c in alone] == [("qemu-emulator-missing", "hint")]

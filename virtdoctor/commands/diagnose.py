@@ -8,13 +8,15 @@ knowledge base, and the domain's checks plus the host checks run too.
 
 Causes are ranked in tiers (`rank`):
 
-1. confirmed: a message names the slug and its check fails;
+1. confirmed: a message about this domain names the slug and its check fails;
 2. the error itself: the start attempt's error, the connection error or the
    QEMU log of the latest start names the slug (no check confirms it: the check
    may not exist, skip, or miss this case);
-3. a failing error-severity check on the domain;
-4. a failing error-severity check on the host (or the URI);
-5. hints: a slug named only by the daemon log or by the QEMU log of an earlier
+3. a failing check that a daemon record written during the start attempt agrees
+   with (such records may be other domains' errors);
+4. a failing error-severity check on the domain;
+5. a failing error-severity check on the host (or the URI);
+6. hints: a slug named only by the daemon log or by the QEMU log of an earlier
    start attempt.
 
 Within a tier the knowledge base's match score decides. When libvirt cannot be
@@ -50,10 +52,18 @@ DAEMON_LINE = re.compile(r"^(?P<ts>\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(?:\.\d+)?
                          r"(?P<level>debug|info|warning|error) : ")
 
 # ranking tiers (a cause's score is its tier plus at most 100 from the message match)
-CONFIRMED, ERROR_TEXT, DOMAIN_CHECK, HOST_CHECK, HINT = 3000, 2000, 1000, 500, 0
-DIRECT_SOURCES = ("start", "connection", "qemu log")
-TIER_NAMES = {CONFIRMED: "confirmed", ERROR_TEXT: "error message", DOMAIN_CHECK: "domain check fails",
-              HOST_CHECK: "host check fails", HINT: "hint"}
+CONFIRMED, ERROR_TEXT, LOG_AND_CHECK, DOMAIN_CHECK, HOST_CHECK, HINT = 3000, 2000, 1500, 1000, 500, 0
+TIER_NAMES = {CONFIRMED: "confirmed", ERROR_TEXT: "error message", LOG_AND_CHECK: "check fails, log agrees",
+              DOMAIN_CHECK: "domain check fails", HOST_CHECK: "host check fails", HINT: "hint"}
+# How close a text is to this domain's failure: "direct" is the failure itself (the start
+# error, the connection error, QEMU's log of the latest start); "about" names the domain but
+# may be older (daemon records naming it, QEMU's log of an earlier start); "window" is only
+# contemporary (daemon records written during the start attempt: other domains' errors too).
+SOURCE_KIND = {"start": "direct", "connection": "direct", "qemu log": "direct",
+               "qemu log, earlier start": "about", "daemon log": "about",
+               "daemon log, during the start": "window"}
+KIND_ORDER = {"direct": 2, "about": 1, "window": 0}
+KIND_WEIGHT = {"direct": 100, "about": 50, "window": 25}
 START_SLACK = _dt.timedelta(seconds=2)  # clock and log-write slack around a start attempt
 
 DEBUG_ADVICE = [
@@ -207,17 +217,18 @@ def daemon_records(facts, name: str, uuid: str | None, *, window: tuple | None =
 # --------------------------------------------------------------------------- ranking
 
 def message_matches(kb, texts: list[tuple[str, str]]) -> dict[str, dict]:
-    """slug -> its best message match over (source, text) pairs: a match in a direct source
-    (DIRECT_SOURCES) beats one in a hint source, then the higher score wins."""
+    """slug -> its best message match over (source, text) pairs: the closest source kind
+    (SOURCE_KIND: direct, then about, then window) wins, then the higher score."""
     best: dict[str, dict] = {}
     for source, text in texts:
         if not text or kb is None:
             continue
-        direct = source in DIRECT_SOURCES
+        kind = SOURCE_KIND.get(source, "window")
         for m in kb.match(text):
             cur = best.get(m.id)
-            if cur is None or (direct, m.score) > (cur["direct"], cur["score"]):
-                best[m.id] = {"score": m.score, "source": source, "line": m.line, "direct": direct}
+            if cur is None or (KIND_ORDER[kind], m.score) > (KIND_ORDER[cur["kind"]], cur["score"]):
+                best[m.id] = {"score": m.score, "source": source, "line": m.line, "kind": kind,
+                              "direct": kind == "direct"}
     return best
 
 
@@ -248,17 +259,19 @@ def rank(kb, matches: dict[str, dict], findings: list[Finding], name: str) -> li
                                   for f in fs]
         elif m and slug in passing:
             evidence["checks_pass"] = [{"subject": f.subject, "message": f.message} for f in passing[slug]]
-        if m and fs:
+        if m and fs and m["kind"] != "window":
             tier = CONFIRMED
         elif m and m["direct"]:
             tier = ERROR_TEXT
+        elif m and fs:
+            tier = LOG_AND_CHECK
         elif errors and any(f.subject == dom_subject for f in errors):
             tier = DOMAIN_CHECK
         elif errors:
             tier = HOST_CHECK
         else:
             tier = HINT
-        score = tier + (round(100 * m["score"], 1) if m else 0) + (10 if errors else 0)
+        score = tier + (round(KIND_WEIGHT[m["kind"]] * m["score"], 1) if m else 0) + (10 if errors else 0)
         # the fix of the most telling failing finding: error severity, then the domain's own
         ordered = sorted(fs, key=lambda f: (f.severity is not Severity.ERROR, f.subject != dom_subject))
         with_fix = next((f for f in ordered if f.fix), None)
@@ -375,7 +388,13 @@ def run(args, ctx) -> int:
 
     qlog = qemu_log_since_start(facts, name)
     fresh = qlog.fresh_since(window[0] if window else None)
-    dmn_lines, dmn_problems = daemon_records(facts, name, info.uuid if info else None, window=window)
+    uuid = info.uuid if info else None
+    named, dmn_problems = daemon_records(facts, name, uuid)
+    dmn_lines, during = named, []
+    if window is not None:
+        dmn_lines, _ = daemon_records(facts, name, uuid, window=window)
+        known = set(named)
+        during = [line for line in dmn_lines if line not in known]
     report["logs"] = {
         "qemu": qlog.lines[-args.lines:] if args.lines else [],
         "qemu_started": qlog.started.isoformat() if qlog.started else None,
@@ -386,8 +405,10 @@ def run(args, ctx) -> int:
     }
     if qlog.lines:
         texts.append(("qemu log" if fresh else "qemu log, earlier start", "\n".join(qlog.lines)))
-    if dmn_lines:
-        texts.append(("daemon log", "\n".join(dmn_lines)))
+    if named:
+        texts.append(("daemon log", "\n".join(named)))
+    if during:
+        texts.append(("daemon log, during the start", "\n".join(during)))
 
     # the checks, on what the next start will use (fresh facts after a start attempt)
     if start and start.get("attempted"):
