@@ -6,6 +6,8 @@ guest that cannot start), repairs it (preflight --fix --unsafe rewrites the XML 
 virtdoctor fix --yes --unsafe redefines a domain; manual findings are repaired by running the
 exact commands the finding gives), and proves the repair: the guest defines and starts.
 Everything is named vdtest-dom-*; fixtures remove guests, images and directories afterwards.
+Images live below /srv/vdtest-domain-live-PID rather than /var/lib/libvirt/images, where the
+leftover sweep of another live session running in parallel would delete them mid-test.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import libvirt
 import pytest
 
 import vmhelpers
-from vmhelpers import IMAGES_DIR, start_and_prove
+from vmhelpers import start_and_prove
 
 
 def add_boot_order(xml: str, order: int = 1) -> str:
@@ -72,21 +74,31 @@ def vmhelpers_domain_exists(xml: str) -> bool:
 
 
 @pytest.fixture
-def extra_images():
-    made = []
+def images():
+    """make(name) -> a fresh 16 MiB qcow2 below a per-test directory that QEMU's account can reach."""
+    from pathlib import Path
 
-    def make(name: str, size_mib: int = 16):
-        made.append(vmhelpers.create_disk(name, size_mib))
-        return made[-1]
+    base = Path(f"/srv/vdtest-domain-live-{os.getpid()}")
+    base.mkdir(parents=True, exist_ok=True)
+    os.chmod(base, 0o755)
 
+    def make(name: str, size_mib: int = 16) -> Path:
+        path = base / f"{vmhelpers.check_name(name)}.qcow2"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), f"{size_mib}M"], check=True,
+                       capture_output=True, timeout=30)
+        return path
+
+    make.base = base
     yield make
-    for p in made:
-        p.unlink(missing_ok=True)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+extra_images = images
 
 
 # -- refused at define: preflight finds it, preflight --fix repairs the XML -------------------
-def test_boot_order_conflict(libvirt_conn, vm_xml, define_vm, run_virtdoctor, tmp_path):
-    xml = add_boot_order(vm_xml("vdtest-dom-boot", disk_mib=16))  # <os><boot dev='hd'/> + <boot order>
+def test_boot_order_conflict(libvirt_conn, vm_xml, define_vm, run_virtdoctor, tmp_path, images):
+    xml = add_boot_order(vm_xml("vdtest-dom-boot", disk=images("vdtest-dom-boot")))  # <os><boot dev='hd'/> + <boot order>
     define_refused(libvirt_conn, xml, "per-device boot elements cannot be used together with os/boot elements")
     fixed = preflight_then_fix(run_virtdoctor, tmp_path, xml, "boot-order-conflict",
                                "per-device boot elements cannot be used together with os/boot elements")
@@ -94,10 +106,10 @@ def test_boot_order_conflict(libvirt_conn, vm_xml, define_vm, run_virtdoctor, tm
     start_and_prove(define_vm(fixed))
 
 
-def test_cdrom_on_virtio(libvirt_conn, vm_xml, define_vm, run_virtdoctor, tmp_path):
+def test_cdrom_on_virtio(libvirt_conn, vm_xml, define_vm, run_virtdoctor, tmp_path, images):
     cdrom = ("    <disk type='file' device='cdrom'>\n      <target dev='vdb' bus='virtio'/>\n"
              "      <readonly/>\n    </disk>")
-    xml = vm_xml("vdtest-dom-cdrom", disk_mib=16, devices=cdrom)
+    xml = vm_xml("vdtest-dom-cdrom", disk=images("vdtest-dom-cdrom"), devices=cdrom)
     define_refused(libvirt_conn, xml, "disk type of 'vdb' does not support ejectable media")
     fixed = preflight_then_fix(run_virtdoctor, tmp_path, xml, "cdrom-on-virtio",
                                "disk type of 'vdb' does not support ejectable media")
@@ -105,10 +117,10 @@ def test_cdrom_on_virtio(libvirt_conn, vm_xml, define_vm, run_virtdoctor, tmp_pa
     start_and_prove(define_vm(fixed))
 
 
-def test_cdrom_ide_on_q35(libvirt_conn, vm_xml, define_vm, run_virtdoctor, tmp_path):
+def test_cdrom_ide_on_q35(libvirt_conn, vm_xml, define_vm, run_virtdoctor, tmp_path, images):
     cdrom = ("    <disk type='file' device='cdrom'>\n      <target dev='hdc' bus='ide'/>\n"
              "      <readonly/>\n    </disk>")
-    xml = vm_xml("vdtest-dom-cdq35", machine="q35", disk_mib=16, devices=cdrom)
+    xml = vm_xml("vdtest-dom-cdq35", machine="q35", disk=images("vdtest-dom-cdq35"), devices=cdrom)
     define_refused(libvirt_conn, xml, "IDE controllers are unsupported for this QEMU binary or machine type")
     fixed = preflight_then_fix(run_virtdoctor, tmp_path, xml, "cdrom-on-virtio",
                                "IDE controllers are unsupported for this QEMU binary or machine type")
@@ -132,9 +144,9 @@ def test_duplicate_drive_address(libvirt_conn, vm_xml, define_vm, run_virtdoctor
 
 
 # -- a defined guest that cannot start: check finds it, the fix or its commands repair it ------
-def test_disk_source_missing(vm_xml, define_vm, run_virtdoctor):
+def test_disk_source_missing(vm_xml, define_vm, run_virtdoctor, images):
     name = "vdtest-dom-missing"
-    image = IMAGES_DIR / f"{name}.qcow2"
+    image = images.base / f"{name}.qcow2"
     image.unlink(missing_ok=True)
     xml = vm_xml(name).replace("    <serial", "    <disk type='file' device='disk'>\n"
                                "      <driver name='qemu' type='qcow2'/>\n"
@@ -164,9 +176,9 @@ def test_disk_source_missing(vm_xml, define_vm, run_virtdoctor):
         image.unlink(missing_ok=True)
 
 
-def test_disk_source_permission_parent_dir_0700(vm_xml, define_vm, run_virtdoctor):
+def test_disk_source_permission_parent_dir_0700(vm_xml, define_vm, run_virtdoctor, images):
     name = "vdtest-dom-perm"
-    folder = IMAGES_DIR / f"{name}-dir"
+    folder = images.base / f"{name}-dir"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(mode=0o700)
     os.chmod(folder, 0o700)
@@ -196,9 +208,9 @@ def test_disk_source_permission_parent_dir_0700(vm_xml, define_vm, run_virtdocto
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_disk_cache_fix_redefines_through_libvirt(libvirt_conn, vm_xml, define_vm, run_virtdoctor):
+def test_disk_cache_fix_redefines_through_libvirt(libvirt_conn, vm_xml, define_vm, run_virtdoctor, images):
     name = "vdtest-dom-cache"
-    xml = vm_xml(name, disk_mib=16).replace("<driver name='qemu' type='qcow2'/>",
+    xml = vm_xml(name, disk=images(name)).replace("<driver name='qemu' type='qcow2'/>",
                                             "<driver name='qemu' type='qcow2' cache='writeback'/>")
     dom = define_vm(xml)
     rc, out, err = run_virtdoctor("--format", "json", "check", "--domain", name, "--only", "disk-cache-unsafe")
@@ -237,9 +249,10 @@ def test_target_renamed_for_its_bus_on_a_defined_guest(libvirt_conn, vm_xml, def
     start_and_prove(dom)
 
 
-def test_running_guest_is_told_the_fix_applies_at_next_boot(libvirt_conn, vm_xml, define_vm, run_virtdoctor):
+def test_running_guest_is_told_the_fix_applies_at_next_boot(libvirt_conn, vm_xml, define_vm, run_virtdoctor,
+                                                           images):
     name = "vdtest-dom-running"
-    xml = vm_xml(name, disk_mib=16).replace("<driver name='qemu' type='qcow2'/>",
+    xml = vm_xml(name, disk=images(name)).replace("<driver name='qemu' type='qcow2'/>",
                                             "<driver name='qemu' type='qcow2' cache='unsafe'/>")
     dom = define_vm(xml)
     dom.create()
@@ -295,11 +308,11 @@ def stored_domain(daemon_guard):
             os.unlink(f"/etc/libvirt/qemu/{name}.xml")
 
 
-def test_stored_cdrom_on_virtio_check_and_fix(vm_xml, stored_domain, run_virtdoctor, libvirt_conn):
+def test_stored_cdrom_on_virtio_check_and_fix(vm_xml, stored_domain, run_virtdoctor, libvirt_conn, images):
     name = "vdtest-dom-stored-cd"
     cdrom = ("    <disk type='file' device='cdrom'>\n      <target dev='vdb' bus='virtio'/>\n"
              "      <readonly/>\n    </disk>")
-    dom = stored_domain(name, vm_xml(name, disk_mib=16, devices=cdrom))
+    dom = stored_domain(name, vm_xml(name, disk=images(name), devices=cdrom))
     with pytest.raises(libvirt.libvirtError) as exc:
         dom.create()
     text = "disk type of 'vdb' does not support ejectable media"
