@@ -50,9 +50,37 @@ def vdcli_skip(facts):
 def vdcli_crash(facts):
     raise RuntimeError("bug in a check")
 
+import os
+from virtdoctor.api import Action
+
+
+class CreateOnce(Action):
+    """Like starting a daemon that is already running: fails when done twice."""
+
+    def __init__(self, path):
+        self.path = path
+        self.touches = (path,)
+
+    def command(self):
+        return f"create {self.path}"
+
+    def apply(self, env):
+        os.close(os.open(env.path(self.path), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+
+
+@check("vdcli-marker", scope="host", area="alpha", title="the marker exists")
+def vdcli_marker(facts):
+    return Pass() if facts.exists("/srv/marker") else Fail("no marker")
+
+
+@vdcli_marker.fixer
+def fix_marker(finding, facts):
+    return plan("create the marker", Auto.SAFE, CreateOnce("/srv/marker"))
+
+
 @hookimpl
 def virtdoctor_checks():
-    return [vdcli_pass, vdcli_warn, vdcli_error, vdcli_skip, vdcli_crash]
+    return [vdcli_pass, vdcli_warn, vdcli_error, vdcli_skip, vdcli_crash, vdcli_marker]
 '''
 
 
@@ -388,3 +416,28 @@ def test_fix_of_a_builtin_check_on_a_fake_root(root, capsys, tmp_path):
     assert action["backup"].startswith(str(root.path("/var/lib/virtdoctor/backups")))
     rc, out, err = run([*base, "fix", "--yes", "--only", "daemon-log-dir-missing"], capsys)
     assert rc == 0 and "Nothing to fix" in out
+
+
+def test_a_plan_made_stale_while_waiting_for_the_lock_does_not_run(plugin, root, capsys, tmp_path):
+    """Another fix run holds the lock and repairs the host meanwhile: this run's plan, made
+    before it got the lock, must not run again (here it would fail: the marker exists)."""
+    root.mkdir("/srv")
+    other = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import os, time
+        from virtdoctor.remedy import FixLock
+        with FixLock({str(root.path("/run/virtdoctor-fix.lock"))!r}):
+            print("held", flush=True)
+            time.sleep(1.5)
+            open({str(root.path("/srv/marker"))!r}, "w").close()
+        """)], stdout=subprocess.PIPE, text=True, cwd=str(REPO))
+    try:
+        assert other.stdout.readline().strip() == "held"
+        rc, out, err = run(["--offline", "--root", root, "--format", "json", "fix", "--yes", "--only", "vdcli-marker",
+                            "--backup-dir", tmp_path / "b"], capsys)
+    finally:
+        other.wait(timeout=30)
+    doc = json.loads(out)
+    assert doc["findings"][0]["status"] == "fail"  # planned before the lock
+    [action] = doc["actions"]
+    assert (action["status"], action["applied"], action["detail"]) == ("skipped", False, "passes now: fixed meanwhile")
+    assert rc == 0

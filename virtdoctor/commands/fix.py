@@ -121,8 +121,16 @@ def run(args, ctx) -> int:
                 if lock is None:
                     lock = remedy.FixLock(env.path(remedy.LOCK_PATH)).__enter__()
                 dom_name = dom.name if dom is not None else None
-                out = remedy.apply_plan(p, env, f.id, f.subject, _recheck(ctx, chk, f.subject, dom_name), backup_base)
-                entry.update(out.to_dict())
+                recheck = _recheck(ctx, chk, f.subject, dom_name)
+                if _passes_now(recheck):
+                    # the plan was made before the lock: another fix run (or a fix above in
+                    # this one) repaired it meanwhile, and a stale plan must not run
+                    entry["status"] = "skipped"
+                    entry["detail"] = "passes now: fixed meanwhile"
+                    entry["passes"] = True
+                else:
+                    out = remedy.apply_plan(p, env, f.id, f.subject, recheck, backup_base)
+                    entry.update(out.to_dict())
             if text and entry["status"] != "planned":
                 con.print(f"  -> {entry['status']}" + (f": {escape(entry.get('detail', ''))}" if entry.get("detail") else "")
                           + (f" [dim](backup {escape(entry['backup'])})[/dim]" if entry.get("backup") else ""))
@@ -135,12 +143,19 @@ def run(args, ctx) -> int:
     if ctx.fmt == "json":
         doc = jsonr.document("fix", _common.target(ctx, facts), findings, actions=outcomes)
         jsonr.dump(doc, ctx.out)
-    statuses = {o["status"] for o in outcomes}
+    statuses = {o["status"] for o in outcomes if not o.get("passes")}
     if statuses & {"failed", "rolled-back"}:
         return 2
     if statuses & {"planned", "skipped"}:
         return 1
     return 0
+
+
+def _passes_now(recheck) -> bool:
+    try:
+        return recheck()[0]
+    except Exception:  # cannot tell: let the plan run, its own re-check decides
+        return False
 
 
 def _ask(con, question: str) -> bool:
