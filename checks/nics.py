@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import weakref
 
 from virtdoctor.api import Auto, FactUnavailable, Fail, Pass, Severity, Skip, Warn, check, hookimpl
 from virtdoctor.checks.guest import domain_plan
@@ -45,19 +46,35 @@ def interface_macs(root, *, teaming: bool = True) -> list[tuple[int, str, str]]:
     return out
 
 
-def _others(facts, dom) -> list[tuple[str, bool, object]]:
-    """(name, active, parsed XML root) of every other defined domain on the
-    connection (not the one a preflight XML redefines: same name or uuid);
-    raises FactUnavailable without libvirt."""
-    own_uuid = (dom.root.findtext("uuid") or "").strip().lower()
-    out = []
+_CACHE: dict[int, tuple[weakref.ref, dict]] = {}
+
+
+def _owners(facts) -> dict[str, list[tuple[str, str, bool, str]]]:
+    """MAC -> [(domain name, uuid, active, interface label)] over every domain
+    defined on the connection, built once per run (facts object); failover
+    pairs count once. Raises FactUnavailable without libvirt."""
+    hit = _CACHE.get(id(facts))
+    if hit is not None and hit[0]() is facts:
+        return hit[1]
+    for k in [k for k, (ref, _) in _CACHE.items() if ref() is None]:
+        del _CACHE[k]
+    owners: dict[str, list[tuple[str, str, bool, str]]] = {}
     for info in facts.libvirt.domains():
-        if info.name == dom.name or (own_uuid and info.uuid.lower() == own_uuid):
+        root = _parse(info.xml)
+        if root is None:
             continue
-        other = _parse(info.xml)
-        if other is not None:
-            out.append((info.name, info.active, other))
-    return out
+        for _, mac, label in interface_macs(root, teaming=False):
+            owners.setdefault(mac, []).append((info.name, info.uuid.lower(), info.active, label))
+    _CACHE[id(facts)] = (weakref.ref(facts), owners)
+    return owners
+
+
+def _other_owners(facts, dom, mac: str) -> list[tuple[str, bool, str]]:
+    """(name, active, interface label) of other defined domains using `mac`
+    (not the domain itself, nor the one a preflight XML redefines: same name or uuid)."""
+    own_uuid = (dom.root.findtext("uuid") or "").strip().lower()
+    return [(name, active, label) for name, uuid, active, label in _owners(facts).get(mac, [])
+            if name != dom.name and not (own_uuid and uuid == own_uuid)]
 
 
 def _parse(xml: str):
@@ -70,8 +87,7 @@ def _parse(xml: str):
 def used_macs(facts, dom) -> set[str]:
     used = {m for _, m, _ in interface_macs(dom.root)}
     try:
-        for _, _, other in _others(facts, dom):
-            used.update(m for _, m, _ in interface_macs(other))
+        used.update(_owners(facts))
     except FactUnavailable:
         pass
     return used
@@ -159,17 +175,14 @@ def _duplicates(facts, dom):
             seen[m] = (i, label)
     unavailable = None
     try:
-        others = _others(facts, dom)
+        _owners(facts)
     except FactUnavailable as exc:
-        others, unavailable = [], str(exc)
-    owners: dict[str, list[str]] = {}
-    for name, _, other in others:
-        for _, m, label in interface_macs(other, teaming=False):
-            owners.setdefault(m, []).append(f"{label} of domain {name}")
+        unavailable = str(exc)
     for i, m, label in macs:
-        if m in owners and not any(d[0] == i for d in dups):
-            dups.append((i, m, label, ", ".join(owners[m]), None))
-    return dups, unavailable, owners
+        others = [] if unavailable else _other_owners(facts, dom, m)
+        if others and not any(d[0] == i for d in dups):
+            dups.append((i, m, label, ", ".join(f"{lab} of domain {name}" for name, _, lab in others), None))
+    return dups, unavailable, None
 
 
 @check("mac-duplicate", scope="domain", area="nics", severity="error",
@@ -207,9 +220,7 @@ def _loser(facts, dom, mac: str) -> str:
     """Which domain should give up `mac`: a stopped one before a running one,
     then the later name."""
     cands = [(dom.info.active if dom.info else False, dom.name or "")]
-    for name, active, other in _others(facts, dom):
-        if any(m == mac for _, m, _ in interface_macs(other, teaming=False)):
-            cands.append((active, name))
+    cands += [(active, name) for name, active, _ in _other_owners(facts, dom, mac)]
     return sorted(cands, key=lambda c: (not c[0], c[1]))[-1][1]
 
 
