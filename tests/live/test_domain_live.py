@@ -48,8 +48,8 @@ def preflight_then_fix(run_virtdoctor, tmp_path, xml: str, slug: str, text: str)
     path.write_text(xml)
     rc, out, err = run_virtdoctor("--format", "json", "preflight", str(path))
     assert rc == 2, err
-    [f] = [f for f in findings(out, slug, f"xml:{path}") if f["status"] == "fail"]
-    assert text in f["message"] and f["fix"]["auto"] == "unsafe"
+    [f] = [f for f in findings(out, slug, f"xml:{path}") if f["status"] == "fail" and text in f["message"]]
+    assert f["severity"] == "error" and f["fix"]["auto"] == "unsafe"
     assert not vmhelpers_domain_exists(xml)  # preflight defines nothing
     rc, out, err = run_virtdoctor("--format", "json", "preflight", "--fix", "--unsafe",
                                   "--backup-dir", str(tmp_path / "backups"), str(path), "--only", slug)
@@ -238,10 +238,12 @@ def test_target_renamed_for_its_bus_on_a_defined_guest(libvirt_conn, vm_xml, def
             f"      <source file='{img}'/>\n      <target dev='hdb' bus='sata'/>\n    </disk>")
     dom = define_vm(vm_xml(name, machine="q35", devices=disk))
     rc, out, err = run_virtdoctor("--format", "json", "check", "--domain", name, "--only", "disk-target-bus-mismatch")
+    assert rc == 1, err  # a warning
     [f] = [f for f in findings(out, "disk-target-bus-mismatch") if f["status"] == "fail"]
     assert f["severity"] == "warning" and "hdb" in f["message"]
     rc, out, err = run_virtdoctor("--format", "json", "fix", "--yes", "--unsafe", "--domain", name,
                                   "--only", "disk-target-bus-mismatch")
+    assert out.strip(), err
     [action] = json.loads(out)["actions"]
     assert action["status"] == "fixed", action
     new = libvirt_conn.lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
