@@ -313,6 +313,16 @@ def _features(root):
     return feats
 
 
+def _append(parent, tag: str):
+    """A new last child indented like its siblings."""
+    child = etree.SubElement(parent, tag)
+    siblings = list(parent)[:-1]
+    if siblings:
+        child.tail = siblings[-1].tail
+        siblings[-1].tail = parent.text
+    return child
+
+
 def _set_fw_feature(os_el, name: str, enabled: str) -> None:
     fw_el = os_el.find("firmware")
     if fw_el is None:
@@ -323,7 +333,7 @@ def _set_fw_feature(os_el, name: str, enabled: str) -> None:
             t.addnext(fw_el)
     feat = next((f for f in fw_el.iterfind("feature") if f.get("name") == name), None)
     if feat is None:
-        feat = etree.SubElement(fw_el, "feature")
+        feat = _append(fw_el, "feature")
     feat.set("enabled", enabled)
     feat.set("name", name)
 
@@ -346,7 +356,7 @@ def secure_boot_smm_fix(finding, facts, dom):
     if smm_ok and fwfacts.is_q35(fw.machine):
         smm = _features(root).find("smm")
         if smm is None:
-            smm = etree.SubElement(_features(root), "smm")
+            smm = _append(_features(root), "smm")
         smm.attrib.clear()
         smm.set("state", "on")
         summary = f"Turn SMM on for {dom.name} (q35, secure-boot firmware)"
@@ -418,6 +428,8 @@ def add_acpi(finding, facts, dom):
     acpi = feats.find("acpi")
     if acpi is None:
         acpi = etree.Element("acpi")
+        if len(feats):
+            acpi.tail = feats.text
         feats.insert(0, acpi)
     acpi.attrib.clear()
     return plan(f"Add <features><acpi/></features> to {dom.name}", Auto.UNSAFE,
