@@ -1,6 +1,7 @@
 """Live tests of the network checks on the real daemon: each breaks the host the way the
 catalogue says, shows libvirt's real error, shows virtdoctor's finding, fixes what can be
-fixed, proves it with a real guest or network, and puts the host back in fixtures."""
+fixed, proves it with a real guest or network, and puts the host back in fixtures. Guests are
+TCG (virt_type qemu): networking does not need KVM, and another test may be changing /dev/kvm."""
 from __future__ import annotations
 
 import json
@@ -115,7 +116,7 @@ def nat_network(libvirt_conn):
 def test_inactive_default_network_found_fixed_and_guest_starts(default_network, vm_xml, define_vm,
                                                                run_virtdoctor, libvirt_conn):
     name = "vdtest-net-default"
-    dom = define_vm(vm_xml(name, network="default", memory_mib=64))
+    dom = define_vm(vm_xml(name, network="default", virt_type="qemu", memory_mib=64))
     if default_network.isActive():
         default_network.destroy()
     default_network.setAutostart(0)
@@ -204,7 +205,7 @@ def test_bridge_source_that_is_a_veth_and_macvtap_on_a_bridge_port(links, vm_xml
         ip("link", "set", dev, "up")
 
     # a veth where a bridge belongs
-    bad_bridge = define_vm(vm_xml("vdtest-net-notbr", memory_mib=64, devices=(
+    bad_bridge = define_vm(vm_xml("vdtest-net-notbr", virt_type="qemu", memory_mib=64, devices=(
         "    <interface type='bridge'><source bridge='vdtest-v0'/><model type='virtio'/></interface>")))
     with pytest.raises(libvirt.libvirtError) as err:
         bad_bridge.create()
@@ -217,7 +218,7 @@ def test_bridge_source_that_is_a_veth_and_macvtap_on_a_bridge_port(links, vm_xml
 
     # macvtap on a device that is a bridge port
     mac = "52:54:00:7d:00:01"
-    direct = define_vm(vm_xml("vdtest-net-macvtap", memory_mib=64, devices=(
+    direct = define_vm(vm_xml("vdtest-net-macvtap", virt_type="qemu", memory_mib=64, devices=(
         f"    <interface type='direct'><mac address='{mac}'/><source dev='vdtest-v1' mode='bridge'/>"
         "<model type='virtio'/></interface>")))
     with pytest.raises(libvirt.libvirtError) as err:
@@ -243,7 +244,7 @@ def test_bridge_source_that_is_a_veth_and_macvtap_on_a_bridge_port(links, vm_xml
     start_and_prove(fixed)
 
     # and a free device takes a macvtap: the check passes where libvirt succeeds
-    ok = define_vm(vm_xml("vdtest-net-macvtap-ok", memory_mib=64, devices=(
+    ok = define_vm(vm_xml("vdtest-net-macvtap-ok", virt_type="qemu", memory_mib=64, devices=(
         "    <interface type='direct'><source dev='vdtest-v0' mode='bridge'/><model type='virtio'/></interface>")))
     rc, out = vd_json(run_virtdoctor, "check", "--only", "macvtap-source-enslaved",
                                 "--domain", "vdtest-net-macvtap-ok")
@@ -252,7 +253,7 @@ def test_bridge_source_that_is_a_veth_and_macvtap_on_a_bridge_port(links, vm_xml
 
 
 def test_missing_macvtap_lower_device_text(vm_xml, define_vm, run_virtdoctor):
-    dom = define_vm(vm_xml("vdtest-net-nodev", memory_mib=64, devices=(
+    dom = define_vm(vm_xml("vdtest-net-nodev", virt_type="qemu", memory_mib=64, devices=(
         "    <interface type='direct'><source dev='vdtest-nodev0' mode='bridge'/><model type='virtio'/></interface>")))
     with pytest.raises(libvirt.libvirtError) as err:
         dom.create()
@@ -272,7 +273,7 @@ def test_missing_tun_node_found_recreated_and_guest_starts(file_guard, vm_xml, d
     st = os.stat(node)
     assert os.path.exists("/sys/class/misc/tun/dev")
     file_guard(node)  # puts the original node back (type, rdev, mode, owner) whatever happens
-    dom = define_vm(vm_xml("vdtest-net-tun", network="default", memory_mib=64))
+    dom = define_vm(vm_xml("vdtest-net-tun", network="default", virt_type="qemu", memory_mib=64))
     os.unlink(node)
     with pytest.raises(libvirt.libvirtError) as err:
         dom.create()
