@@ -2,36 +2,32 @@
 the install cdrom of a UEFI guest."""
 from __future__ import annotations
 
-from virtdoctor.api import Auto, DefineDomain, Fail, Pass, Skip, Warn, WriteFile, check, hookimpl, plan
+from virtdoctor.api import Auto, Fail, Pass, Skip, Warn, WriteFile, check, hookimpl, plan
 
 NVRAM_DIR = "/var/lib/libvirt/qemu/nvram"
 
 
-def redefine_plan(dom, new_tree, summary: str, notes: list[str] | tuple[str, ...] = ()):
-    """The plan that applies an edited copy of the domain XML: DefineDomain for a
-    defined domain (diff, backup, validation by libvirt, re-check); for an XML
-    file (preflight) a manual plan describing the same edit."""
-    from virtdoctor.domxml import serialise
+def redefine_plan(dom, edit, notes: list[str] | tuple[str, ...] = ()):
+    """The plan of an edit of the domain XML. `edit(copy)` changes a copy of
+    the domain and returns the summary. A defined domain is redefined through
+    libvirt (diff, backup, validation, re-check), with the edit re-applied to
+    its XML with secrets; an XML file (preflight) is rewritten; stdin gets
+    advice only."""
+    from virtdoctor.domxml import edit_copy, edit_domain, serialise
 
+    tree, summary = edit_copy(dom, edit)
     notes = list(notes)
     if dom.info is None:  # an XML file (preflight): the fix edits the file, never defines
         path = dom.extra.get("file")
         if path:
             notes.append(f"then define it: virsh define --validate {path}")
-            return plan(summary + f" in {path}", Auto.UNSAFE, WriteFile(path, serialise(new_tree)), notes=notes)
+            return plan(summary + f" in {path}", Auto.UNSAFE, WriteFile(path, serialise(tree)), notes=notes)
         return plan(summary + f" (edit the XML of {dom.source})", Auto.MANUAL, notes=notes)
     if getattr(dom.info, "active", False):
         notes.append(f"{dom.name} is running: the change applies at its next boot "
                      f"(virsh shutdown {dom.name}; virsh start {dom.name})")
     old = dom.info.xml if dom.info.xml.endswith("\n") else dom.info.xml + "\n"
-    return plan(summary, Auto.UNSAFE, DefineDomain(dom.name, serialise(new_tree), old), notes=notes)
-
-
-def _edit_copy(dom):
-    from virtdoctor.domxml import Domain
-
-    tree = dom.copy_tree()
-    return tree, Domain(tree=tree, source=dom.source, subject=dom.subject, info=dom.info)
+    return plan(summary, Auto.UNSAFE, edit_domain(dom.name, serialise(tree), old, edit), notes=notes)
 
 
 # -- undefine --------------------------------------------------------------------
@@ -173,12 +169,16 @@ def _first_by_target(elements):
 
 @boot_order_conflict.fixer
 def boot_order_per_device(finding, facts, dom):
+    return redefine_plan(dom, _boot_per_device)
+
+
+def _boot_per_device(copy) -> str:
+    """Drop <os><boot> and number the devices in the merged order; the summary."""
     from lxml import etree
 
-    tree, copy = _edit_copy(dom)
-    order = merged_boot_order(copy)
     from virtdoctor.domxml import append_child, insert_before, remove_element
 
+    order = merged_boot_order(copy)
     for b in copy.root.findall("os/boot"):
         remove_element(b)
     for b in copy.device_boot_elements:
@@ -191,7 +191,7 @@ def boot_order_per_device(finding, facts, dom):
         else:
             append_child(dev, boot)
     names = ", ".join(_device_label(d.find("boot")) for d in order)
-    return redefine_plan(dom, tree, f"Drop <os><boot> and boot per device in this order: {names}")
+    return f"Drop <os><boot> and boot per device in this order: {names}"
 
 
 # -- root disk -------------------------------------------------------------------

@@ -4,39 +4,38 @@ from __future__ import annotations
 
 import shlex
 
-from virtdoctor.api import Auto, DefineDomain, Fail, Pass, Skip, Warn, WriteFile, check, hookimpl, plan
+from virtdoctor.api import Auto, Fail, Pass, Skip, Warn, WriteFile, check, hookimpl, plan
 
 EMULATED_CDROM_BUS = {"q35": "sata", "i440fx": "ide"}
 
 
-def _redefine(dom, new_tree, summary: str, notes=()):
-    from virtdoctor.domxml import serialise
+def _redefine(dom, edit, notes=()):
+    """The plan of an edit of the domain XML. `edit(copy)` changes a copy of
+    the domain and returns the summary. A defined domain is redefined through
+    libvirt (diff, backup, validation, re-check), with the edit re-applied to
+    its XML with secrets; an XML file (preflight) is rewritten; stdin gets
+    advice only."""
+    from virtdoctor.domxml import edit_copy, edit_domain, serialise
 
+    tree, summary = edit_copy(dom, edit)
     notes = list(notes)
     if dom.info is None:  # an XML file (preflight): the fix edits the file, never defines
         path = dom.extra.get("file")
         if path:
             notes.append(f"then define it: virsh define --validate {path}")
-            return plan(summary + f" in {path}", Auto.UNSAFE, WriteFile(path, serialise(new_tree)), notes=notes)
+            return plan(summary + f" in {path}", Auto.UNSAFE, WriteFile(path, serialise(tree)), notes=notes)
         return plan(summary + f" (edit the XML of {dom.source})", Auto.MANUAL, notes=notes)
     if getattr(dom.info, "active", False):
         notes.append(f"{dom.name} is running: the change applies at its next boot "
                      f"(virsh shutdown {dom.name}; virsh start {dom.name})")
     old = dom.info.xml if dom.info.xml.endswith("\n") else dom.info.xml + "\n"
-    return plan(summary, Auto.UNSAFE, DefineDomain(dom.name, serialise(new_tree), old), notes=notes)
+    return plan(summary, Auto.UNSAFE, edit_domain(dom.name, serialise(tree), old, edit), notes=notes)
 
 
 def remove_element(el):
     from virtdoctor.domxml import remove_element as rm
 
     rm(el)
-
-
-def _edit_copy(dom):
-    from virtdoctor.domxml import Domain
-
-    tree = dom.copy_tree()
-    return tree, Domain(tree=tree, source=dom.source, subject=dom.subject, info=dom.info)
 
 
 def _free_name(prefix: str, taken: set[str]) -> str:
@@ -88,7 +87,10 @@ def cdrom_to_emulated_bus(finding, facts, dom):
     if bus is None:
         return plan(f"Put the cdrom on a bus with removable media (scsi with a virtio-scsi controller on "
                     f"{dom.machine or dom.arch})", Auto.MANUAL)
-    tree, copy = _edit_copy(dom)
+    return _redefine(dom, lambda copy: _cdrom_move(copy, bus))
+
+
+def _cdrom_move(copy, bus: str) -> str:
     prefix = "sd" if bus == "sata" else "hd"
     taken = {d.target for d in copy.disks}
     moved = []
@@ -108,7 +110,7 @@ def cdrom_to_emulated_bus(finding, facts, dom):
         taken.add(new)
         t.set("dev", new)
         moved.append(f"{old}->{new}" if new != old else f"{old} to {bus}")
-    return _redefine(dom, tree, f"Move the cdrom to bus {bus} ({', '.join(moved)})")
+    return f"Move the cdrom to bus {bus} ({', '.join(moved)})"
 
 
 # -- target names and drive addresses ------------------------------------------------
@@ -201,17 +203,21 @@ def disk_target_bus_mismatch(facts, dom):
     return out
 
 
-def _fix_targets(dom):
-    """Edit a copy until no duplicate target or drive address and no prefix
-    mismatch remains; (tree, changes) or None when that is not reachable."""
+class _Unreachable(Exception):
+    pass
+
+
+def _fix_targets(copy) -> str:
+    """Edit `copy` until no duplicate target or drive address and no name/bus
+    mismatch remains; the summary. _Unreachable when that cannot be done."""
     from virtdoctor.domxml import BUS_PREFIX
 
-    tree, copy = _edit_copy(dom)
+    tree = copy.tree
     changes = []
     for _round in range(8):
         problems = _target_problems(copy)
         if not problems:
-            return tree, changes
+            return f"Make disk targets match their bus and drive addresses unique: {', '.join(changes)}"
         sev, d, partner, kind, _msg = problems[0]
         if partner is not None and _mismatched(partner) and not _mismatched(d):
             d = partner  # the disk whose bus changed without its name is the one to rename
@@ -234,9 +240,9 @@ def _fix_targets(dom):
                 remove_element(addr)
             changes.append(f"{old}->{new}")
         else:
-            return None
+            raise _Unreachable()
         copy = _reparse(tree, copy)
-    return None
+    raise _Unreachable()
 
 
 def _mismatched(disk) -> bool:
@@ -281,12 +287,14 @@ def _reparse(tree, copy):
 
 @disk_target_bus_mismatch.fixer
 def rename_targets(finding, facts, dom):
-    result = _fix_targets(dom)
-    if result is None:
+    from virtdoctor.domxml import edit_copy
+
+    try:
+        edit_copy(dom, _fix_targets)
+    except _Unreachable:
         return plan("Give each disk a unique target matching its bus (vd: virtio, hd: ide, sd: sata/scsi/usb) "
                     "and remove stale <address type='drive'> elements", Auto.MANUAL)
-    tree, changes = result
-    return _redefine(dom, tree, f"Make disk targets match their bus and drive addresses unique: {', '.join(changes)}")
+    return _redefine(dom, _fix_targets)
 
 
 # -- sources on the host ---------------------------------------------------------------
@@ -504,7 +512,10 @@ def disk_cache_unsafe(facts, dom):
 
 @disk_cache_unsafe.fixer
 def cache_none(finding, facts, dom):
-    tree, copy = _edit_copy(dom)
+    return _redefine(dom, _cache_none)
+
+
+def _cache_none(copy) -> str:
     changed = []
     for d in copy.disks:
         if d.device not in ("disk", "lun") or d.readonly:
@@ -516,7 +527,7 @@ def cache_none(finding, facts, dom):
             drv.set("cache", "none")
             drv.set("io", "native" if d.type == "block" else "threads")
             changed.append(f"{d.target}: cache='none' io='{drv.get('io')}'")
-    return _redefine(dom, tree, "Set " + "; ".join(changed))
+    return "Set " + "; ".join(changed)
 
 
 @hookimpl

@@ -199,8 +199,41 @@ def test_transient_undefine(tmp_path):
 def test_redefine_plan_for_a_running_domain_says_next_boot(tmp_path):
     text = xml(name="run1", devices=DISK_VDA.format(boot=""))
     dom = domxml.parse_domain(text, "domain run1", subject="domain:run1", info=info(text, active=True))
-    tree = dom.copy_tree()
-    tree.getroot().find("os").remove(tree.getroot().find("os/boot"))
-    p = D.redefine_plan(dom, tree, "drop os boot")
-    assert p.auto is Auto.UNSAFE and any("next boot" in n for n in p.notes)
+
+    def drop_os_boot(copy):
+        domxml.remove_element(copy.root.find("os/boot"))
+        return "drop os boot"
+
+    p = D.redefine_plan(dom, drop_os_boot)
+    assert p.auto is Auto.UNSAFE and any("next boot" in n for n in p.notes) and p.summary == "drop os boot"
     assert "-    <boot dev='hd'/>" in p.diff(remedy.Env(root=str(tmp_path)))
+    assert dom.root.find("os/boot") is not None  # the domain itself is untouched
+
+
+def test_a_redefinition_keeps_the_secrets_the_checks_never_saw(tmp_path):
+    """The fix is planned from XML without secrets (read-only connection) but applied to the
+    XML with them: a VNC password survives the redefinition on libvirt's test driver."""
+    libvirt = pytest.importorskip("libvirt")
+    libvirt.registerErrorHandler(lambda _c, _e: None, None)
+    conn = libvirt.open("test:///default")
+    text = xml(name="secret1", os_extra="", devices=DISK_VDA.format(boot="")
+               + "    <graphics type='vnc' port='-1' autoport='yes' passwd='s3cret'/>\n")
+    d = conn.defineXML(text)
+    try:
+        seen = d.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        assert "s3cret" not in seen
+        dom = domxml.from_info(DomainInfo(name="secret1", uuid=d.UUIDString(), xml=seen))
+
+        def add_os_boot(copy):
+            copy.root.find("os").append(etree.Element("boot", dev="cdrom"))
+            return "boot from cdrom"
+
+        p = D.redefine_plan(dom, add_os_boot)
+        out = remedy.apply_plan(p, remedy.Env(root=str(tmp_path), libvirt_open=lambda: conn), "x", dom.subject,
+                                lambda: (True, ""), str(tmp_path / "bk"))
+        assert out.status == "fixed", out.detail
+        now = conn.lookupByName("secret1").XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE)
+        assert "passwd='s3cret'" in now and "<boot dev='cdrom'/>" in now
+    finally:
+        d.undefine()
+        conn.close()
