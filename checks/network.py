@@ -399,12 +399,11 @@ def firewall_ebtables_missing(facts):
             if other:
                 elsewhere[t] = other
     users = _tool_users(facts, backend)
-    firewalld = bool(facts.process_named("firewalld"))
     evidence = {"backend": backend or "iptables (libvirt 9.0)", "source": source, "tools": found,
-                "missing": missing, "found_elsewhere": elsewhere, "needed_by": users,
-                "firewalld_running": firewalld}
+                "missing": missing, "found_elsewhere": elsewhere, "needed_by": users}
     if not missing:
         return Pass(f"{', '.join(found[t] for t in tools)} present ({source})", evidence)
+    firewalld = evidence["firewalld_running"] = bool(facts.process_named("firewalld"))  # a process scan
     where = "".join(f"; {t} is at {p}, but libvirt runs {FIREWALL_DIRS[0]}/{t}" for t, p in elsewhere.items())
     text = f"{', '.join(missing)} missing ({source}){where}"
     needed = {t: users[t] for t in missing if users and users.get(t)}

@@ -486,3 +486,13 @@ def test_registered_in_report_order():
     assert [c.slug for c in net.virtdoctor_checks()] == [
         "default-network-inactive", "dnsmasq-missing", "firewall-ebtables-missing", "bond-mode-unsuitable",
         "default-network-inactive", "bridge-source-not-bridge", "macvtap-source-enslaved"]
+
+
+def test_firewall_missing_with_firewalld_running_is_warning(fake_root):
+    from virtdoctor.facts.procs import Proc
+    for t in ("ip6tables", "ebtables"):
+        exe(fake_root, f"/usr/sbin/{t}")
+    facts = make_facts(fake_root, [], [netinfo()], procs=[Proc(812, "firewalld", ("/usr/sbin/firewalld",))])
+    f = one(net.firewall_ebtables_missing, facts)
+    assert f.status is Status.FAIL and f.severity is Severity.WARNING
+    assert f.evidence["firewalld_running"] is True and "firewalld runs" in f.message
