@@ -27,7 +27,8 @@ def test_kvm_mode_0600_fails_guest_and_fix_restores(file_guard, vm_xml, define_v
     file_guard("/dev/kvm")
     file_guard(UDEV_RULE)
     file_guard("/etc/udev/rules.d")
-    dom = define_vm(vm_xml("vdtest-kvm-perm", virt_type="kvm"))
+    xml = vm_xml("vdtest-kvm-perm", virt_type="kvm")
+    dom = define_vm(xml)
     os.chmod("/dev/kvm", 0o600)
     with pytest.raises(libvirt.libvirtError) as err:
         dom.create()
@@ -57,6 +58,7 @@ def test_kvm_mode_0600_fails_guest_and_fix_restores(file_guard, vm_xml, define_v
     if not os.path.exists("/usr/lib/udev/rules.d/50-udev-default.rules"):
         assert 'GROUP="kvm"' in open(UDEV_RULE).read()
 
+    dom = define_vm(xml)   # again: a parallel session's vdtest-* sweep may have removed it
     proof = start_and_prove(dom)
     assert proof.virt_type == "kvm"
 
