@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import re
 
-from lxml import etree
-
 from virtdoctor.api import Auto, FactUnavailable, Fail, Pass, Warn, check, hookimpl, plan
-from virtdoctor.checks.guest import (X86, append_child, domain_plan, domcaps, enum_values, insert_before, is_q35,
+from virtdoctor.checks.guest import (X86, domain_plan, domcaps, enum_values, insert_before, is_q35,
                                      remove_child, sub)
 
 # tokens in install-media file names and the arch family they name

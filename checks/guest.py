@@ -7,15 +7,13 @@ at apply time so that two fixes on one domain do not undo each other.
 """
 from __future__ import annotations
 
-import copy
-import re
 from dataclasses import dataclass
 from typing import Callable
 
 from lxml import etree
 
-from virtdoctor.api import (Auto, DefineDomain, FactUnavailable, Fail, Pass, Skip, Warn, WriteFile, check, hookimpl,
-                            plan)
+from virtdoctor.api import (Auto, DefineDomain, FactUnavailable, Fail, Pass, Severity, Skip, Warn, WriteFile, check,
+                            hookimpl, plan)
 from virtdoctor.facts.osinfo import domain_os_id, os_entry, os_family, osinfo_installed
 
 X86 = ("x86_64", "i686")
@@ -311,13 +309,10 @@ def _add_eim(root):
 @vcpus_over_255_need_iommu_eim.fixer
 def add_intel_iommu_eim(finding, facts, dom):
     if not is_q35(dom.machine):
-        p = domain_plan(dom, "Move the guest to a q35 machine type, then add the intel IOMMU with eim='on'",
-                        Auto.MANUAL, _add_eim)
-        if p is not None:
-            p.auto = Auto.MANUAL
-            p.notes.append("changing the machine type from i440fx to q35 changes the guest's hardware: "
-                           "do it with virt-manager or by hand, then re-run virtdoctor")
-        return p
+        return plan("Move the guest to a q35 machine type, then add <iommu model='intel'><driver intremap='on' "
+                    "eim='on'/></iommu> and <ioapic driver='qemu'/>", Auto.MANUAL,
+                    notes=["changing the machine type from i440fx to q35 changes the guest's hardware (PCI "
+                           "layout, no IDE): do it with virt-manager or by hand, then re-run virtdoctor"])
     return domain_plan(dom, "Add <iommu model='intel'><driver intremap='on' eim='on'/></iommu> and "
                        "<ioapic driver='qemu'/>", Auto.UNSAFE, _add_eim)
 
@@ -592,7 +587,7 @@ def usb_controller_model(facts, dom):
                 "Can't add host USB device: USB is disabled in this host" if "hostdev" in kinds else
                 "USB is disabled for this domain, but USB devices are present in the domain XML")
         return Fail(f"USB controller model='none' with {', '.join(d[1] for d in devices)}: libvirt refuses the "
-                    f"domain with \"{text}\"", evidence)
+                    f"domain with \"{text}\"", evidence, severity=Severity.ERROR)
     if not devices or not models:
         return Pass("no USB devices that care about the controller", evidence)
     best = "usb3" if any(m in USB3_MODELS for m in models) else "usb2" if any(m in USB2_MODELS for m in models) \
