@@ -565,3 +565,11 @@ def test_libvirt_gate(fake_root):
 
     rec = RecordedLibvirt()
     assert HostFacts(root=str(fake_root), offline=True, libvirt_facts=rec).libvirt is rec
+
+
+def test_read_text_of_a_procfs_file_reads_in_chunks():
+    """procfs refuses one read of the 16 MiB default with ENOMEM; facts read in chunks."""
+    from virtdoctor.facts import HostFacts
+
+    text = HostFacts().read_text("/proc/sys/kernel/osrelease")
+    assert text and text.strip() == os.uname().release

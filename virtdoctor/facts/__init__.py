@@ -149,7 +149,15 @@ class HostFacts:
         real = self._real(host_path)
         try:
             with open(real, "rb") as fh:
-                return fh.read(limit)
+                # in chunks: procfs/sysfs files refuse one huge read (ENOMEM)
+                chunks, left = [], limit
+                while left > 0:
+                    chunk = fh.read(min(left, 1 << 16))
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                    left -= len(chunk)
+                return b"".join(chunks)
         except FileNotFoundError:
             return None
         except NotADirectoryError:
