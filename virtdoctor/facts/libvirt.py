@@ -171,6 +171,7 @@ class LiveLibvirt(_Base):
         self.uri = uri
         self.timeout = timeout
         self._conn = None
+        self._rw_conn = None
         self._failure: str | None = None
         self._caps = None
         self._domcaps: dict = {}
@@ -242,8 +243,22 @@ class LiveLibvirt(_Base):
         return self.call("virConnectGetCapabilities", lambda c: c.getCapabilities())
 
     def _domcapabilities_xml(self, emulator, arch, machine, virttype) -> str:
-        return self.call("virConnectGetDomainCapabilities",
-                         lambda c: c.getDomainCapabilities(emulator, arch, machine, virttype, 0))
+        """libvirt 9.0 refuses this call on a read-only connection ("operation
+        forbidden: read only access prevents virConnectGetDomainCapabilities"),
+        although it changes nothing: then, and only for this call, a read-write
+        connection is opened (as root it is allowed; for others libvirt says no
+        and the checks that need it skip with that reason)."""
+        call = lambda c: c.getDomainCapabilities(emulator, arch, machine, virttype, 0)  # noqa: E731
+        try:
+            return self.call("virConnectGetDomainCapabilities", call)
+        except FactUnavailable as exc:
+            if "read only access prevents" not in str(exc):
+                raise
+        if self._rw_conn is None:
+            libvirt = self._module()
+            self._rw_conn = self._with_deadline("virConnectOpen", lambda: libvirt.open(self.uri))
+        conn = self._rw_conn
+        return self._with_deadline("virConnectGetDomainCapabilities", lambda: call(conn))
 
     def domains(self) -> list[DomainInfo]:
         if self._domain_cache is None:
