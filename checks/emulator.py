@@ -1,9 +1,7 @@
 """QEMU binaries and the ROM files they load."""
 from __future__ import annotations
 
-import copy
-
-from virtdoctor.api import (Auto, DefineDomain, FactUnavailable, Fail, Pass, RunCommand, Skip, check, hookimpl,
+from virtdoctor.api import (Auto, FactUnavailable, Fail, Pass, RunCommand, Skip, check, hookimpl,
                             plan)
 from virtdoctor.facts import firmware as fwfacts
 
@@ -106,16 +104,19 @@ def point_at_capabilities_emulator(finding, facts, dom):
         new = next((p for p in fwfacts.installed_emulators(facts) if fwfacts.emulator_arch(p) == arch), None)
     if not new or new == dom.emulator:
         return None
-    tree = copy.deepcopy(dom.tree)
-    tree.getroot().find("devices/emulator").text = new
-    from lxml import etree
-
     notes = [f"{dom.emulator} -> {new} (the capabilities' emulator for {arch}); "
              f"or restore {dom.emulator} (e.g. ln -s {new} {dom.emulator})"]
     if dom.info.active:
         notes.append(f"{dom.name} is running: the change applies at its next boot (shut it down and start it)")
-    return plan(f"Point {dom.name}'s <emulator> at {new}", Auto.UNSAFE,
-                DefineDomain(dom.name, etree.tostring(tree, encoding="unicode"), dom.xml_text()), notes=notes)
+
+    def edit(d):
+        d.root.find("devices/emulator").text = new
+        return f"Point {dom.name}'s <emulator> at {new}"
+
+    from virtdoctor.checks.firmware import redefine
+
+    summary, action = redefine(dom, edit, notes)
+    return plan(summary, Auto.UNSAFE, action, notes=notes)
 
 
 # -- romfile-missing -------------------------------------------------------------------

@@ -1,11 +1,9 @@
 """Guest firmware: UEFI descriptors and files, secure boot and SMM, UEFI vs ACPI."""
 from __future__ import annotations
 
-import copy
-
 from lxml import etree
 
-from virtdoctor.api import (Auto, DefineDomain, FactUnavailable, Fail, Pass, RunCommand, Severity, Skip, check,
+from virtdoctor.api import (Auto, FactUnavailable, Fail, Pass, RunCommand, Severity, Skip, check,
                             hookimpl, plan)
 from virtdoctor.facts import firmware as fwfacts
 
@@ -24,6 +22,17 @@ def _domain_arch(facts, dom) -> str:
         return dom.arch
     arch, _ = fwfacts.host_arch(facts)
     return arch or ""
+
+
+def redefine(dom, edit, notes: list[str]):
+    """The action that redefines `dom` with `edit(domain)` applied. The edit runs
+    on a copy now (the diff) and again, when the fix is applied, on the
+    inactive XML *with secrets* (graphics passwords the read-only checks never
+    see), so the redefinition keeps them (domxml.edit_domain)."""
+    from virtdoctor.domxml import edit_copy, edit_domain, serialise
+
+    tree, summary = edit_copy(dom, edit)
+    return summary, edit_domain(dom.name, serialise(tree), dom.xml_text(), edit)
 
 
 def _next_boot_notes(dom) -> list[str]:
@@ -348,53 +357,58 @@ def secure_boot_smm_fix(finding, facts, dom):
         host_smm = facts.kvm_probe().smm
     except FactUnavailable:
         host_smm = None
-    tree = copy.deepcopy(dom.tree)
-    root = tree.getroot()
-    os_el = root.find("os")
     smm_ok = fw.virt_type != "kvm" or host_smm is True
     notes = _next_boot_notes(dom)
     if smm_ok and fwfacts.is_q35(fw.machine):
-        smm = _features(root).find("smm")
-        if smm is None:
-            smm = _append(_features(root), "smm")
-        smm.attrib.clear()
-        smm.set("state", "on")
-        summary = f"Turn SMM on for {dom.name} (q35, secure-boot firmware)"
+        def edit(d):
+            feats = _features(d.root)
+            smm = feats.find("smm")
+            if smm is None:
+                smm = _append(feats, "smm")
+            smm.attrib.clear()
+            smm.set("state", "on")
+            return f"Turn SMM on for {dom.name} (q35, secure-boot firmware)"
     else:
-        loader = os_el.find("loader")
-        if fw.firmware == "efi":
-            _set_fw_feature(os_el, "secure-boot", "no")
-            _set_fw_feature(os_el, "enrolled-keys", "no")
-            if loader is not None:
-                if fwfacts.looks_secure_boot((loader.text or "").strip()):
-                    os_el.remove(loader)
-                else:
-                    loader.attrib.pop("secure", None)
-        else:
-            if loader is None:
+        plain = None
+        if fw.firmware != "efi":
+            if fw.loader_path is None:
                 return None
             machine = fwfacts.canonical_machine(facts, fw.arch, fw.machine, fw.virt_type)
-            plain = [d for d in fwfacts.firmware_descriptors(facts)
-                     if not d.error and "uefi" in d.interfaces and d.device == "flash" and not d.requires_smm
-                     and d.matches(fw.arch, machine) and not _missing(facts, d.executable)]
-            if not plain:
+            plain = next((d for d in fwfacts.firmware_descriptors(facts)
+                          if not d.error and "uefi" in d.interfaces and d.device == "flash" and not d.requires_smm
+                          and d.matches(fw.arch, machine) and not _missing(facts, d.executable)), None)
+            if plain is None:
                 return None
-            loader.text = plain[0].executable
-            loader.attrib.pop("secure", None)
-            nvram = os_el.find("nvram")
-            if nvram is not None and plain[0].nvram_template:
-                nvram.set("template", plain[0].nvram_template)
-            notes.append(f"loader {fw.loader_path} -> {plain[0].executable} ({plain[0].name})")
-        if fw.virt_type == "kvm" and host_smm is False:
-            feats = root.find("features")
-            smm = feats.find("smm") if feats is not None else None
-            if smm is not None:
-                feats.remove(smm)
+            notes.append(f"loader {fw.loader_path} -> {plain.executable} ({plain.name})")
         notes.append("the guest loses secure boot; an existing NVRAM file is kept (same OVMF varstore format)")
-        summary = (f"Give {dom.name} UEFI firmware without secure boot"
-                   + (" (this host's KVM has no SMM)" if host_smm is False else ""))
-    new_xml = etree.tostring(tree, encoding="unicode")
-    return plan(summary, Auto.UNSAFE, DefineDomain(dom.name, new_xml, dom.xml_text()), notes=notes)
+
+        def edit(d):
+            root = d.root
+            os_el = root.find("os")
+            loader = os_el.find("loader")
+            if plain is None:  # firmware='efi': ask for a firmware without secure boot
+                _set_fw_feature(os_el, "secure-boot", "no")
+                _set_fw_feature(os_el, "enrolled-keys", "no")
+                if loader is not None:
+                    if fwfacts.looks_secure_boot((loader.text or "").strip()):
+                        os_el.remove(loader)
+                    else:
+                        loader.attrib.pop("secure", None)
+            else:
+                loader.text = plain.executable
+                loader.attrib.pop("secure", None)
+                nvram = os_el.find("nvram")
+                if nvram is not None and plain.nvram_template:
+                    nvram.set("template", plain.nvram_template)
+            if fw.virt_type == "kvm" and host_smm is False:
+                feats = root.find("features")
+                smm = feats.find("smm") if feats is not None else None
+                if smm is not None:
+                    feats.remove(smm)
+            return (f"Give {dom.name} UEFI firmware without secure boot"
+                    + (" (this host's KVM has no SMM)" if host_smm is False else ""))
+    summary, action = redefine(dom, edit, notes)
+    return plan(summary, Auto.UNSAFE, action, notes=notes)
 
 
 # -- uefi-requires-acpi / acpi-requires-uefi ------------------------------------------
@@ -423,18 +437,21 @@ def uefi_requires_acpi(facts, dom):
 def add_acpi(finding, facts, dom):
     if dom.info is None or not dom.name:
         return None
-    tree = copy.deepcopy(dom.tree)
-    feats = _features(tree.getroot())
-    acpi = feats.find("acpi")
-    if acpi is None:
-        acpi = etree.Element("acpi")
-        if len(feats):
-            acpi.tail = feats.text
-        feats.insert(0, acpi)
-    acpi.attrib.clear()
-    return plan(f"Add <features><acpi/></features> to {dom.name}", Auto.UNSAFE,
-                DefineDomain(dom.name, etree.tostring(tree, encoding="unicode"), dom.xml_text()),
-                notes=_next_boot_notes(dom))
+
+    def edit(d):
+        feats = _features(d.root)
+        acpi = feats.find("acpi")
+        if acpi is None:
+            acpi = etree.Element("acpi")
+            if len(feats):
+                acpi.tail = feats.text
+            feats.insert(0, acpi)
+        acpi.attrib.clear()
+        return f"Add <features><acpi/></features> to {dom.name}"
+
+    notes = _next_boot_notes(dom)
+    summary, action = redefine(dom, edit, notes)
+    return plan(summary, Auto.UNSAFE, action, notes=notes)
 
 
 @check("acpi-requires-uefi", scope="domain", area="firmware", severity="error",
@@ -462,9 +479,6 @@ def acpi_requires_uefi(facts, dom):
 def acpi_uefi_fix(finding, facts, dom):
     if dom.info is None or not dom.name:
         return None
-    tree = copy.deepcopy(dom.tree)
-    root = tree.getroot()
-    os_el = root.find("os")
     fw = fwfacts.os_firmware(dom)
     fw.firmware = "efi"
     fw.arch = "aarch64"
@@ -472,15 +486,19 @@ def acpi_uefi_fix(finding, facts, dom):
         chosen = fwfacts.select_firmware(facts, fw).chosen if not facts.offline else None
     except FactUnavailable:
         chosen = None
-    if chosen is not None and os_el is not None and os_el.find("loader") is None:
-        os_el.set("firmware", "efi")
-        summary = f"Boot {dom.name} with UEFI ({chosen.name}) and keep ACPI"
-    else:
-        feats = root.find("features")
+    use_efi = chosen is not None and fw.loader_path is None
+
+    def edit(d):
+        if use_efi:
+            d.root.find("os").set("firmware", "efi")
+            return f"Boot {dom.name} with UEFI ({chosen.name}) and keep ACPI"
+        feats = d.root.find("features")
         feats.remove(feats.find("acpi"))
-        summary = f"Turn ACPI off for {dom.name} (no aarch64 UEFI firmware here): the guest gets a device tree"
-    return plan(summary, Auto.UNSAFE, DefineDomain(dom.name, etree.tostring(tree, encoding="unicode"),
-                                                   dom.xml_text()), notes=_next_boot_notes(dom))
+        return f"Turn ACPI off for {dom.name} (no aarch64 UEFI firmware here): the guest gets a device tree"
+
+    notes = _next_boot_notes(dom)
+    summary, action = redefine(dom, edit, notes)
+    return plan(summary, Auto.UNSAFE, action, notes=notes)
 
 
 @hookimpl

@@ -474,3 +474,50 @@ def test_corpus_offline_domain_checks_flag_the_two_acpi_cases_and_nothing_else()
     assert "uefi-requires-acpi" in flagged["firmware-manual-efi-noacpi-q35"]
     assert "acpi-requires-uefi" in flagged["firmware-manual-noefi-acpi-aarch64"]
     assert errors == []
+
+
+class _FakeDomain:
+    def __init__(self, conn, name):
+        self.conn, self.name = conn, name
+
+    def XMLDesc(self, flags):
+        import libvirt
+        return self.conn.secure_xml if flags & libvirt.VIR_DOMAIN_XML_SECURE else self.conn.public_xml
+
+
+class _FakeConn:
+    """The calls the redefinition makes: lookupByName, XMLDesc, defineXMLFlags."""
+
+    def __init__(self, secure_xml, public_xml):
+        self.secure_xml, self.public_xml, self.defined = secure_xml, public_xml, []
+
+    def lookupByName(self, name):
+        return _FakeDomain(self, name)
+
+    def defineXMLFlags(self, xml, flags):
+        self.defined.append(xml)
+
+    def defineXML(self, xml):
+        self.defined.append(xml)
+
+
+def test_acpi_fix_is_reapplied_to_the_xml_with_secrets(fake_root, tmp_path):
+    from virtdoctor import remedy
+
+    base(fake_root)
+    vnc_public = "<graphics type='vnc' port='-1'/>"
+    vnc_secret = "<graphics type='vnc' port='-1' passwd='s3cret'/>"
+    public = domain_xml(os_inner=PFLASH, features=None, devices=vnc_public)
+    secure = domain_xml(os_inner=PFLASH, features=None, devices=vnc_secret)
+    facts = facts_for(fake_root)
+    dom = dom_of(public)
+    f, p = _fix_plan(FW.uefi_requires_acpi, facts, dom)
+    assert "s3cret" not in p.actions[0].new_xml  # the diff shows what the checks saw
+    conn = _FakeConn(secure, public)
+    env = remedy.Env(root=str(fake_root), libvirt_open=lambda: conn)
+    out = remedy.apply_plan(p, env, f.id, f.subject, lambda: (True, ""), str(tmp_path / "backups"))
+    assert out.status == "fixed", out.detail
+    [defined] = conn.defined
+    root = etree.fromstring(defined)
+    assert root.find("features/acpi") is not None
+    assert root.find("devices/graphics").get("passwd") == "s3cret"
