@@ -573,3 +573,16 @@ def test_read_text_of_a_procfs_file_reads_in_chunks():
 
     text = HostFacts().read_text("/proc/sys/kernel/osrelease")
     assert text and text.strip() == os.uname().release
+
+
+def test_fake_proc_tree_leaves_zombies_out(tmp_path):
+    """An exited daemon not yet reaped is not running."""
+    from virtdoctor.facts.procs import read_processes
+
+    for pid, comm, state in ((10, "libvirtd", "Z"), (11, "virtlogd", "S")):
+        d = tmp_path / "proc" / str(pid)
+        d.mkdir(parents=True)
+        (d / "comm").write_text(comm + "\n")
+        (d / "cmdline").write_bytes(comm.encode() + b"\0-d\0")
+        (d / "stat").write_text(f"{pid} ({comm}) {state} 1 {pid} {pid} 0 -1\n")
+    assert [p.name for p in read_processes(str(tmp_path))] == ["virtlogd"]

@@ -18,8 +18,10 @@ def read_processes(root: str) -> list[Proc]:
         import psutil
 
         procs = []
-        for p in psutil.process_iter(["pid", "name", "cmdline", "uids"]):
+        for p in psutil.process_iter(["pid", "name", "cmdline", "uids", "status"]):
             info = p.info
+            if info.get("status") == psutil.STATUS_ZOMBIE:
+                continue  # exited, not yet reaped: not running
             uids = info.get("uids")
             procs.append(Proc(info["pid"], info.get("name") or "", tuple(info.get("cmdline") or ()),
                               uids.real if uids else None))
@@ -42,6 +44,12 @@ def _read_procfs(procdir: str) -> list[Proc]:
                 name = fh.read().strip()
         except OSError:
             continue
+        try:
+            with open(os.path.join(base, "stat"), encoding="utf-8", errors="replace") as fh:
+                if fh.read().rpartition(")")[2].split()[:1] == ["Z"]:
+                    continue  # a zombie
+        except OSError:
+            pass
         try:
             with open(os.path.join(base, "cmdline"), "rb") as fh:
                 cmdline = tuple(a.decode("utf-8", "replace") for a in fh.read().split(b"\0") if a)
