@@ -7,12 +7,11 @@ at apply time so that two fixes on one domain do not undo each other.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 from lxml import etree
 
-from virtdoctor.api import (Auto, DefineDomain, FactUnavailable, Fail, Pass, Severity, Skip, Warn, WriteFile, check,
+from virtdoctor.api import (Auto, EditDomain, FactUnavailable, Fail, Pass, Severity, Skip, Warn, WriteFile, check,
                             hookimpl, plan)
 from virtdoctor.facts.osinfo import domain_os_id, os_entry, os_family, osinfo_installed
 
@@ -117,27 +116,10 @@ def edited_xml(xml: str, edit: Callable | None) -> str:
     return serialise(root)
 
 
-@dataclass
-class EditDomain(DefineDomain):
-    """DefineDomain built from an edit function: the preview diffs the XML the
-    check saw, apply re-runs the edit on the domain's current inactive XML so a
-    second fix of the same domain keeps the first one's change."""
-
-    edit: Callable | None = None
-
-    def apply(self, env) -> None:
-        import libvirt
-
-        from virtdoctor.remedy import ActionError
-
-        if self.edit is not None:
-            try:
-                current = env.conn().lookupByName(self.name).XMLDesc(
-                    libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE)
-            except libvirt.libvirtError as exc:
-                raise ActionError(f"cannot read domain {self.name}: {exc.get_error_message()}") from exc
-            self.new_xml = edited_xml(current, self.edit)
-        super().apply(env)
+def _edit_action(name: str, new: str, old: str, edit: Callable) -> EditDomain:
+    """The core's EditDomain (re-applied at fix time to the XML with secrets);
+    this module's edits take the root element."""
+    return EditDomain(name, new, old, edit=lambda dom: edit(dom.root))
 
 
 def domain_plan(dom, summary: str, auto: Auto, edit: Callable, notes: list[str] | tuple = ()):
@@ -157,14 +139,14 @@ def domain_plan(dom, summary: str, auto: Auto, edit: Callable, notes: list[str] 
             notes.append(f"then define it: virsh define --validate {path}")
             return plan(f"{summary} in {path}", auto, WriteFile(path, new), notes=notes)
         notes.append(f"{dom.source} is not a defined domain: apply the diff to its XML before defining it")
-        return plan(summary, Auto.MANUAL, EditDomain(dom.name or dom.label, new, old, edit=edit), notes=notes)
+        return plan(summary, Auto.MANUAL, _edit_action(dom.name or dom.label, new, old, edit), notes=notes)
     if not info.persistent:
         notes.append("transient domain: redefining would make it persistent; change the XML it is created from")
-        return plan(summary, Auto.MANUAL, EditDomain(dom.name or dom.label, new, old, edit=edit), notes=notes)
+        return plan(summary, Auto.MANUAL, _edit_action(dom.name or dom.label, new, old, edit), notes=notes)
     if info.active:
         notes.append(f"{dom.name} is running: the change applies at its next boot "
                      f"(virsh shutdown {dom.name}; virsh start {dom.name})")
-    return plan(summary, auto, EditDomain(dom.name or dom.label, new, old, edit=edit), notes=notes)
+    return plan(summary, auto, _edit_action(dom.name or dom.label, new, old, edit), notes=notes)
 
 
 # -- aarch64-host-model ------------------------------------------------------------

@@ -4,11 +4,11 @@ from virtdoctor.checkdef import Check, check
 from virtdoctor.hookspecs import hookimpl
 from virtdoctor.model import (Auto, FactUnavailable, Fail, Finding, FixInfo, Pass, Result, Severity, Skip,
                               Status, Warn)
-from virtdoctor.remedy import (Action, DefineDomain, FixPlan, MakeDir, RemoveAcl, RunCommand, SetConfKey,
+from virtdoctor.remedy import (Action, ActionError, DefineDomain, EditDomain, FixPlan, MakeDir, RemoveAcl, RunCommand, SetConfKey,
                                SetGroup, SetMode, StartNetwork, WriteFile, plan)
 
 __all__ = [
-    "Action", "Auto", "Check", "DefineDomain", "FactUnavailable", "Fail", "Finding", "FixInfo", "FixPlan",
+    "Action", "ActionError", "Auto", "EditDomain", "Check", "DefineDomain", "FactUnavailable", "Fail", "Finding", "FixInfo", "FixPlan",
     "MakeDir", "Pass", "RemoveAcl", "Result", "RunCommand", "SetConfKey", "SetGroup", "SetMode", "Severity",
     "Skip", "StartNetwork", "Status", "Warn", "WriteFile", "check", "hookimpl", "plan",
 ]

@@ -430,32 +430,8 @@ def edit_copy(dom: "Domain", edit) -> tuple[etree._ElementTree, Any]:
     return tree, result
 
 
-def _edit_domain_action():
-    from virtdoctor.remedy import DefineDomain
-
-    @dataclass
-    class EditDomain(DefineDomain):
-        """Redefine a domain with `edit` re-applied, when the fix is applied, to
-        its inactive XML *with secrets* (VIR_DOMAIN_XML_SECURE: graphics
-        passwords and the like, which the checks' read-only connection never
-        sees), so the redefinition keeps them. `new_xml` (the same edit on the
-        XML the checks saw) is what the plan's diff shows."""
-
-        edit: Any = None
-
-        def apply(self, env) -> None:
-            import libvirt
-
-            current = env.conn().lookupByName(self.name).XMLDesc(
-                libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE)
-            dom = parse_domain(current, f"domain {self.name}", subject=f"domain:{self.name}")
-            self.edit(dom)
-            self.new_xml = serialise(dom.tree)
-            super().apply(env)
-
-    return EditDomain
-
-
 def edit_domain(name: str, new_xml: str, old_xml: str, edit):
-    """The EditDomain action (see `_edit_domain_action`)."""
-    return _edit_domain_action()(name, new_xml, old_xml, edit)
+    """The `remedy.EditDomain` action: `edit(dom)` re-applied at fix time."""
+    from virtdoctor.remedy import EditDomain
+
+    return EditDomain(name, new_xml, old_xml, edit=edit)
