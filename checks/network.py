@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from lxml import etree
 
-from virtdoctor.api import (Action, Auto, DefineDomain, FactUnavailable, Fail, Pass, RunCommand, Severity, Skip,
+from virtdoctor.api import (Action, Auto, EditDomain, FactUnavailable, Fail, Pass, RunCommand, Severity, Skip,
                             StartNetwork, Warn, check, hookimpl, plan)
 
 DEFAULT_NETWORK = "default"
@@ -673,37 +673,43 @@ def use_the_master(finding, facts, dom):
         links = _links(facts)
     except FactUnavailable:
         return None
-    tree = copy.deepcopy(dom.tree)
-    changes = []
-    for iface in tree.getroot().iterfind("devices/interface"):
-        if iface.get("type") != "direct":
-            continue
-        src = iface.find("source")
-        dev = src.get("dev") if src is not None else None
-        info = devices.get(dev) or {}
-        if not info.get("master"):
-            continue
-        top, chain = _top_device(links, dev)
-        top_link = links.get(top)
-        if top_link is None:
-            continue
-        if top_link.is_bridge:
-            iface.set("type", "bridge")
-            for attr in list(src.attrib):
-                del src.attrib[attr]
-            src.set("bridge", top)
-            changes.append(f"{dev} -> <interface type='bridge'><source bridge='{top}'/>")
-        else:
-            src.set("dev", top)
-            changes.append(f"{dev} -> <source dev='{top}'/> (the {top_link.kind})")
+    def edit(d) -> list[str]:
+        """Move each enslaved direct NIC of `d` onto the device that owns it."""
+        changes = []
+        for iface in d.root.iterfind("devices/interface"):
+            if iface.get("type") != "direct":
+                continue
+            src = iface.find("source")
+            dev = src.get("dev") if src is not None else None
+            info = devices.get(dev) or {}
+            if not info.get("master"):
+                continue
+            top, chain = _top_device(links, dev)
+            top_link = links.get(top)
+            if top_link is None:
+                continue
+            if top_link.is_bridge:
+                iface.set("type", "bridge")
+                for attr in list(src.attrib):
+                    del src.attrib[attr]
+                src.set("bridge", top)
+                changes.append(f"{dev} -> <interface type='bridge'><source bridge='{top}'/>")
+            else:
+                src.set("dev", top)
+                changes.append(f"{dev} -> <source dev='{top}'/> (the {top_link.kind})")
+        return changes
+
+    draft = copy.copy(dom)
+    draft.tree = copy.deepcopy(dom.tree)
+    changes = edit(draft)
     if not changes:
         return None
-    new_xml = etree.tostring(tree, encoding="unicode")
+    new_xml = etree.tostring(draft.tree, encoding="unicode")
     notes = ["MAC address and NIC model stay the same"]
     if dom.info is not None and getattr(dom.info, "active", False):
         notes.append("the domain is running: the change applies at its next start")
     return plan(f"Attach {dom.label}'s NIC to the device that owns it: {'; '.join(changes)}", Auto.UNSAFE,
-                DefineDomain(dom.name, new_xml, dom.info.xml), notes=notes)
+                EditDomain(dom.name, new_xml, dom.info.xml, edit=edit), notes=notes)
 
 
 @hookimpl
