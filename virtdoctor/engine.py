@@ -22,7 +22,7 @@ def select(registry: dict[str, Check], only: Iterable[str] = (), skip: Iterable[
     """The checks to run, in registry order. Unknown slugs are a usage error
     (a slug the knowledge base knows but no check implements is accepted by
     --skip, refused by --only since nothing would run)."""
-    only, skip = _split(only), _split(skip)
+    only, skip = split_slugs(only), split_slugs(skip)
     slugs = {c.slug for c in registry.values()}
     unknown = [s for s in only if s not in slugs] + [s for s in skip if s not in slugs and s not in set(known_slugs)]
     if unknown:
@@ -30,7 +30,7 @@ def select(registry: dict[str, Check], only: Iterable[str] = (), skip: Iterable[
     return [c for c in registry.values() if (not only or c.slug in only) and c.slug not in skip]
 
 
-def _split(values: Iterable[str]) -> list[str]:
+def split_slugs(values: Iterable[str]) -> list[str]:
     out = []
     for v in values or ():
         out.extend(p.strip() for p in str(v).split(",") if p.strip())

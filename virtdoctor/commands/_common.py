@@ -18,10 +18,15 @@ def add_selection(parser: argparse.ArgumentParser, *, domain: bool = True) -> No
 
 
 def selected_checks(ctx, args) -> list:
-    try:
-        known = ctx.knowledge.entries.keys()
-    except Exception:
-        known = ()
+    slugs = {c.slug for c in ctx.registry.values()}
+    known: tuple | set = ()
+    if any(s not in slugs for s in engine.split_slugs(args.skip)):
+        # only then is the knowledge base worth loading: --skip may name a
+        # catalogue slug that no check implements
+        try:
+            known = set(ctx.knowledge.entries)
+        except Exception:
+            known = ()
     return engine.select(ctx.registry, args.only, args.skip, known)
 
 
