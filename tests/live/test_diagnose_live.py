@@ -178,7 +178,7 @@ def first_cause(doc: dict, slug: str) -> dict:
     causes = doc["causes"]
     assert causes, f"no causes: {json.dumps(doc['start'])} {doc['logs']}"
     assert causes[0]["id"] == slug, (
-        f"first cause {causes[0]['id']} ({causes[0]['tier']}), expected {slug}: "
+        f"start: {doc.get('start')}; first cause {causes[0]['id']} ({causes[0]['tier']}), expected {slug}: "
         + "; ".join(f"{c['id']}={c['score']}({c['tier']})" for c in causes))
     scores = [c["score"] for c in causes]
     assert scores == sorted(scores, reverse=True)
@@ -235,7 +235,7 @@ def test_kvm_device_permission(vm_xml, lv, file_guard, run_virtdoctor):
         assert rc == 2
         assert doc["start"]["attempted"] and not doc["start"]["started"]
         cause = first_cause(doc, "kvm-device-permission")
-        assert cause["confirmed"], cause  # the message and the check agree
+        assert cause["confirmed"], (doc["start"], cause)  # the message and the check agree
         assert cause["fix"]["command"] == "virtdoctor fix --only kvm-device-permission"
         fixed_by = apply_printed_fix(run_virtdoctor, cause)
         assert os.stat("/dev/kvm").st_mode & 0o777 == 0o660

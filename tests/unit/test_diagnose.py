@@ -473,3 +473,11 @@ def test_records_of_the_start_window_confirm_less_than_texts_about_the_domain(kb
     # alone, a window record is a hint
     alone = diagnose.rank(kb, diagnose.message_matches(kb, texts[1:]), [], NAME)
     assert [(c["id"], c["tier"]) for c in alone] == [("qemu-emulator-missing", "hint")]
+
+
+def test_daemon_tail_never_starts_inside_a_record():
+    lines = DAEMON_LOG.splitlines()[5:9]  # monitor error, the QEMU tail record (2 lines), the next
+    assert diagnose.tail_records(lines, 2) == lines[1:]  # widened back to the record's header
+    assert diagnose.tail_records(lines, 1) == lines[3:]
+    assert diagnose.tail_records(lines, 10) == lines
+    assert diagnose.tail_records(lines, 0) == []

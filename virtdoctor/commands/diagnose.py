@@ -308,6 +308,17 @@ def add_fix_commands(causes: list[dict], registry, name: str, domain_known: bool
 
 # --------------------------------------------------------------------------- the command
 
+def tail_records(lines: list[str], n: int) -> list[str]:
+    """The last `n` lines of daemon records, widened back to the start of the first record
+    cut (its header line), so that no continuation line is shown without its record."""
+    if n <= 0:
+        return []
+    start = max(0, len(lines) - n)
+    while start > 0 and not DAEMON_LINE.match(lines[start]):
+        start -= 1
+    return lines[start:]
+
+
 def _offline_xml(facts, name: str) -> tuple[domxml.Domain | None, str | None]:
     """The persistent config libvirt keeps in /etc/libvirt/qemu/NAME.xml, for when the
     daemon cannot be asked: (Domain or None, note)."""
@@ -400,7 +411,7 @@ def run(args, ctx) -> int:
         "qemu_started": qlog.started.isoformat() if qlog.started else None,
         "qemu_current": fresh and not qlog.problem,
         "qemu_command_lines": qlog.command_lines,
-        "daemon": dmn_lines[-args.lines:] if args.lines else [],
+        "daemon": tail_records(dmn_lines, args.lines),
         "problems": [p for p in [qlog.problem, *dmn_problems, *notes] if p],
     }
     if qlog.lines:
