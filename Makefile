@@ -2,7 +2,8 @@
 #
 #   make run     .venv, build deps when missing, virtdoctor installed, `virtdoctor check`
 #   make test    also the real libvirt/QEMU for live tests (scripts/host-setup.sh), then pytest
-#   make bench   cold `virtdoctor check` against `virt-host-validate qemu`
+#   make bench   cold `virtdoctor check` against `virt-host-validate qemu`, preflight over the
+#                corpus against `virt-xml-validate`, 200 domains, explain --log on 100 MB
 #
 # A re-run is quick: packages are checked with dpkg-query, the venv is reused, and pip only
 # runs again when pyproject.toml changes (the install is editable).
@@ -40,6 +41,8 @@ test: install host
 
 bench: install host
 	$(VENV)/bin/python bench/check.py --runs $(RUNS)
+	$(VENV)/bin/python bench/preflight.py
+	$(VENV)/bin/python bench/explain_log.py
 
 clean-venv:
 	rm -rf $(VENV)
