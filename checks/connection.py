@@ -303,7 +303,6 @@ def tcp_listen_disabled(facts):
         if uri.host.lower() not in T.local_names(facts):
             return Skip(f"{uri.uri} names another host ({uri.host}): its daemon cannot be inspected from here")
         remote_kind = "tcp" if uri.transport == "tcp" else "tls"
-    kinds = [remote_kind] if remote_kind else []
     state["uri"] = uri.uri if uri else None
     if remote_kind:
         port = state[f"{remote_kind}_port"]

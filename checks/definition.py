@@ -2,32 +2,9 @@
 the install cdrom of a UEFI guest."""
 from __future__ import annotations
 
-from virtdoctor.api import Auto, Fail, Pass, Skip, Warn, WriteFile, check, hookimpl, plan
+from virtdoctor.api import Auto, Fail, Pass, Warn, check, hookimpl, plan, redefine_plan
 
 NVRAM_DIR = "/var/lib/libvirt/qemu/nvram"
-
-
-def redefine_plan(dom, edit, notes: list[str] | tuple[str, ...] = ()):
-    """The plan of an edit of the domain XML. `edit(copy)` changes a copy of
-    the domain and returns the summary. A defined domain is redefined through
-    libvirt (diff, backup, validation, re-check), with the edit re-applied to
-    its XML with secrets; an XML file (preflight) is rewritten; stdin gets
-    advice only."""
-    from virtdoctor.domxml import edit_copy, edit_domain, serialise
-
-    tree, summary = edit_copy(dom, edit)
-    notes = list(notes)
-    if dom.info is None:  # an XML file (preflight): the fix edits the file, never defines
-        path = dom.extra.get("file")
-        if path:
-            notes.append(f"then define it: virsh define --validate {path}")
-            return plan(summary + f" in {path}", Auto.UNSAFE, WriteFile(path, serialise(tree)), notes=notes)
-        return plan(summary + f" (edit the XML of {dom.source})", Auto.MANUAL, notes=notes)
-    if getattr(dom.info, "active", False):
-        notes.append(f"{dom.name} is running: the change applies at its next boot "
-                     f"(virsh shutdown {dom.name}; virsh start {dom.name})")
-    old = dom.info.xml if dom.info.xml.endswith("\n") else dom.info.xml + "\n"
-    return plan(summary, Auto.UNSAFE, edit_domain(dom.name, serialise(tree), old, edit), notes=notes)
 
 
 # -- undefine --------------------------------------------------------------------

@@ -11,7 +11,7 @@ from typing import Callable
 
 from lxml import etree
 
-from virtdoctor.api import (Auto, EditDomain, FactUnavailable, Fail, Pass, Severity, Skip, Warn, WriteFile, check,
+from virtdoctor.api import (Auto, redefine_plan, FactUnavailable, Fail, Pass, Severity, Skip, Warn, check,
                             hookimpl, plan)
 from virtdoctor.facts.osinfo import domain_os_id, os_entry, os_family, osinfo_installed
 
@@ -105,48 +105,9 @@ def ensure_child(parent, tag: str, before: tuple[str, ...] = ()):
     return append_child(parent, el)
 
 
-def edited_xml(xml: str, edit: Callable | None) -> str:
-    """`xml` with `edit` applied to its parsed tree, in libvirt's own style
-    (single-quoted attributes), so a diff against libvirt's XML shows the edit only."""
-    from virtdoctor.domxml import serialise
-
-    root = etree.fromstring(xml.encode(), etree.XMLParser(resolve_entities=False, no_network=True))
-    if edit is not None:
-        edit(root)
-    return serialise(root)
-
-
-def _edit_action(name: str, new: str, old: str, edit: Callable) -> EditDomain:
-    """The core's EditDomain (re-applied at fix time to the XML with secrets);
-    this module's edits take the root element."""
-    return EditDomain(name, new, old, edit=lambda dom: edit(dom.root))
-
-
 def domain_plan(dom, summary: str, auto: Auto, edit: Callable, notes: list[str] | tuple = ()):
-    """A plan that applies `edit` to a copy of the domain XML: redefined through
-    libvirt for a defined domain, the file rewritten for a preflight XML file;
-    None when the edit changes nothing."""
-    info = dom.info
-    old = info.xml if info is not None else dom.xml_text()
-    old = old if old.endswith("\n") else old + "\n"
-    new = edited_xml(old, edit)
-    if new == edited_xml(old, None):
-        return None
-    notes = list(notes)
-    if info is None:
-        path = dom.extra.get("file") if isinstance(getattr(dom, "extra", None), dict) else None
-        if path:
-            notes.append(f"then define it: virsh define --validate {path}")
-            return plan(f"{summary} in {path}", auto, WriteFile(path, new), notes=notes)
-        notes.append(f"{dom.source} is not a defined domain: apply the diff to its XML before defining it")
-        return plan(summary, Auto.MANUAL, _edit_action(dom.name or dom.label, new, old, edit), notes=notes)
-    if not info.persistent:
-        notes.append("transient domain: redefining would make it persistent; change the XML it is created from")
-        return plan(summary, Auto.MANUAL, _edit_action(dom.name or dom.label, new, old, edit), notes=notes)
-    if info.active:
-        notes.append(f"{dom.name} is running: the change applies at its next boot "
-                     f"(virsh shutdown {dom.name}; virsh start {dom.name})")
-    return plan(summary, auto, _edit_action(dom.name or dom.label, new, old, edit), notes=notes)
+    """The core's redefine_plan for this module's edits, which take the root element."""
+    return redefine_plan(dom, lambda d: edit(d.root), auto=auto, summary=summary, notes=notes)
 
 
 # -- aarch64-host-model ------------------------------------------------------------

@@ -4,7 +4,6 @@ into (bridges, bonds, macvtap lower devices)."""
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 from lxml import etree
 

@@ -216,7 +216,7 @@ def enable_controller(finding, facts):
         v2 = pf.V2_NAME.get(name, name)
         commands.append(RunCommand(["sh", "-c", f"echo +{v2} > {ev['v2_mount']}/cgroup.subtree_control"],
                                    f"enable {v2} for child cgroups"))
-        notes.append(f"a controller bound to a v1 hierarchy cannot be enabled on v2 until that is unmounted")
+        notes.append("a controller bound to a v1 hierarchy cannot be enabled on v2 until that is unmounted")
     else:
         target = f"/sys/fs/cgroup/{name}"
         commands += [RunCommand(["mkdir", "-p", target]),

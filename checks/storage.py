@@ -4,32 +4,9 @@ from __future__ import annotations
 
 import shlex
 
-from virtdoctor.api import Auto, Fail, Pass, Skip, Warn, WriteFile, check, hookimpl, plan
+from virtdoctor.api import Auto, Fail, Pass, Skip, Warn, check, hookimpl, plan, redefine_plan
 
 EMULATED_CDROM_BUS = {"q35": "sata", "i440fx": "ide"}
-
-
-def _redefine(dom, edit, notes=()):
-    """The plan of an edit of the domain XML. `edit(copy)` changes a copy of
-    the domain and returns the summary. A defined domain is redefined through
-    libvirt (diff, backup, validation, re-check), with the edit re-applied to
-    its XML with secrets; an XML file (preflight) is rewritten; stdin gets
-    advice only."""
-    from virtdoctor.domxml import edit_copy, edit_domain, serialise
-
-    tree, summary = edit_copy(dom, edit)
-    notes = list(notes)
-    if dom.info is None:  # an XML file (preflight): the fix edits the file, never defines
-        path = dom.extra.get("file")
-        if path:
-            notes.append(f"then define it: virsh define --validate {path}")
-            return plan(summary + f" in {path}", Auto.UNSAFE, WriteFile(path, serialise(tree)), notes=notes)
-        return plan(summary + f" (edit the XML of {dom.source})", Auto.MANUAL, notes=notes)
-    if getattr(dom.info, "active", False):
-        notes.append(f"{dom.name} is running: the change applies at its next boot "
-                     f"(virsh shutdown {dom.name}; virsh start {dom.name})")
-    old = dom.info.xml if dom.info.xml.endswith("\n") else dom.info.xml + "\n"
-    return plan(summary, Auto.UNSAFE, edit_domain(dom.name, serialise(tree), old, edit), notes=notes)
 
 
 def remove_element(el):
@@ -87,7 +64,7 @@ def cdrom_to_emulated_bus(finding, facts, dom):
     if bus is None:
         return plan(f"Put the cdrom on a bus with removable media (scsi with a virtio-scsi controller on "
                     f"{dom.machine or dom.arch})", Auto.MANUAL)
-    return _redefine(dom, lambda copy: _cdrom_move(copy, bus))
+    return redefine_plan(dom, lambda copy: _cdrom_move(copy, bus))
 
 
 def _cdrom_move(copy, bus: str) -> str:
@@ -294,7 +271,7 @@ def rename_targets(finding, facts, dom):
     except _Unreachable:
         return plan("Give each disk a unique target matching its bus (vd: virtio, hd: ide, sd: sata/scsi/usb) "
                     "and remove stale <address type='drive'> elements", Auto.MANUAL)
-    return _redefine(dom, _fix_targets)
+    return redefine_plan(dom, _fix_targets)
 
 
 # -- sources on the host ---------------------------------------------------------------
@@ -512,7 +489,7 @@ def disk_cache_unsafe(facts, dom):
 
 @disk_cache_unsafe.fixer
 def cache_none(finding, facts, dom):
-    return _redefine(dom, _cache_none)
+    return redefine_plan(dom, _cache_none)
 
 
 def _cache_none(copy) -> str:

@@ -10,13 +10,15 @@ from pathlib import Path
 
 import pluggy
 
+from virtdoctor.checkdef import Check
+
 PROJECT = "virtdoctor"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def virtdoctor_checks() -> Iterable["virtdoctor.checkdef.Check"]:  # noqa: F821
+def virtdoctor_checks() -> Iterable[Check]:
     """Return this plugin's checks (objects made by ``@check``).
 
     Called once per run, before --only/--skip selection. Implemented by every

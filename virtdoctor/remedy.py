@@ -473,6 +473,40 @@ def plan(summary: str, auto: Auto | str, *actions: Action, notes: list[str] | tu
     return FixPlan(summary, Auto(auto), list(actions), list(notes))
 
 
+def redefine_plan(dom, edit, *, auto: Auto | str = Auto.UNSAFE, summary: str | None = None,
+                  notes: list[str] | tuple[str, ...] = ()) -> FixPlan | None:
+    """The plan of an edit of a domain's XML. `edit(copy)` changes a copy of
+    the `domxml.Domain` in place and may return the summary. A defined domain is
+    redefined through libvirt (diff, backup, validation, re-check) with the edit
+    re-applied to its XML with secrets (EditDomain); an XML file given to
+    preflight is rewritten, never defined; stdin and transient domains get
+    advice only. None when the edit changes nothing."""
+    from virtdoctor.domxml import edit_copy, serialise
+
+    tree, result = edit_copy(dom, edit)
+    new = serialise(tree)
+    if new == serialise(dom.tree):
+        return None
+    summary = summary or result or "Edit the domain XML"
+    auto = Auto(auto)
+    notes = list(notes)
+    if dom.info is None:  # an XML file (preflight): the fix edits the file, never defines
+        path = dom.extra.get("file") if isinstance(dom.extra, dict) else None
+        if path:
+            notes.append(f"then define it: virsh define --validate {path}")
+            return plan(f"{summary} in {path}", auto, WriteFile(path, new), notes=notes)
+        notes.append(f"{dom.source} is not a defined domain: apply the change to its XML before defining it")
+        return plan(f"{summary} (edit the XML of {dom.source})", Auto.MANUAL, notes=notes)
+    if not dom.info.persistent:
+        notes.append("transient domain: redefining would make it persistent; change the XML it is created from")
+        auto = Auto.MANUAL
+    elif dom.info.active:
+        notes.append(f"{dom.name} is running: the change applies at its next boot "
+                     f"(virsh shutdown {dom.name}; virsh start {dom.name})")
+    old = dom.info.xml if dom.info.xml.endswith("\n") else dom.info.xml + "\n"
+    return plan(summary, auto, EditDomain(dom.name, new, old, edit=edit), notes=notes)
+
+
 @dataclass
 class Backup:
     directory: str
