@@ -279,15 +279,17 @@ def test_fix_command_only_for_fixable_failing_checks(kb):
 
 
 def test_fix_command_names_the_domain_and_unsafe(kb):
-    from virtdoctor.checkdef import Check  # noqa: F401  (the registry's type)
-
-    class Fake:
+    class Fake:  # stands for a registry's Check: only what add_fix_commands reads
         slug, scope, fixer_func = "cdrom-on-virtio", "domain", object()
 
     unsafe = FixInfo("Put the cdrom on sata", (), Auto.UNSAFE)
     causes = diagnose.rank(kb, {}, [finding("cdrom-on-virtio", fix=unsafe)], NAME)
     diagnose.add_fix_commands(causes, {"cdrom-on-virtio": Fake}, NAME, domain_known=True)
     assert causes[0]["fix"]["command"] == f"virtdoctor fix --only cdrom-on-virtio --domain {NAME} --unsafe"
+    # a host finding of a slug whose only fixer is the domain twin's: no command
+    causes = diagnose.rank(kb, {}, [finding("cdrom-on-virtio", subject="host", fix=unsafe)], NAME)
+    diagnose.add_fix_commands(causes, {"cdrom-on-virtio": Fake}, NAME, domain_known=True)
+    assert "command" not in causes[0]["fix"]
 
 
 def test_status(kb):
