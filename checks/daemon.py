@@ -8,7 +8,7 @@ import socket as _socket
 import time
 from dataclasses import dataclass, field
 
-from virtdoctor.api import (Action, Auto, Fail, MakeDir, Pass, RunCommand, SetConfKey, Skip, Warn, check, hookimpl,
+from virtdoctor.api import (Action, Auto, FactUnavailable, Fail, MakeDir, Pass, RunCommand, SetConfKey, Skip, Warn, check, hookimpl,
                             plan)
 
 RUN_DIR = "/run/libvirt"
@@ -428,6 +428,61 @@ def start_dbus(finding, facts):
                 notes=notes)
 
 
+CONFIG_FILES = ("/etc/libvirt/libvirtd.conf", "/etc/libvirt/virtqemud.conf", "/etc/libvirt/virtnetworkd.conf",
+                "/etc/libvirt/virtstoraged.conf", "/etc/libvirt/virtlogd.conf", "/etc/libvirt/virtlockd.conf",
+                "/etc/libvirt/qemu.conf", "/etc/libvirt/network.conf", "/etc/libvirt/libvirt.conf")
+
+
+@check("config-syntax-error", scope="host", area="daemon", severity="error",
+       title="libvirt's configuration files parse")
+def config_syntax_error(facts):
+    """Parses every libvirt configuration file that exists (libvirtd.conf, the
+    modular daemons' files, qemu.conf, network.conf, libvirt.conf) with a port
+    of libvirt's own parser (virconf.c).
+    Why: one syntax error and the daemon refuses to start: "Can't load config
+    file: configuration file syntax error: /etc/libvirt/libvirtd.conf:2:
+    expecting a value"; in qemu.conf it stops the QEMU driver, in libvirt.conf
+    every client connection.
+    Fix safety: manual; the line is named, only a person knows what was meant."""
+    broken, checked, unreadable = [], [], []
+    for path in CONFIG_FILES:
+        if not facts.exists(path):
+            continue
+        try:
+            facts.conf(path)
+        except FactUnavailable as exc:
+            unreadable.append(f"{path}: {exc}")
+            continue
+        except Exception as exc:  # confparse.ConfError: file, line and libvirt's message
+            line = getattr(exc, "line", None)
+            msg = getattr(exc, "msg", str(exc))
+            broken.append({"file": path, "line": line, "error": msg})
+            continue
+        checked.append(path)
+    evidence = {"checked": checked, "broken": broken, "unreadable": unreadable}
+    if broken:
+        first = broken[0]
+        more = f" (and {len(broken) - 1} more file(s))" if len(broken) > 1 else ""
+        return Fail(f"configuration file syntax error: {first['file']}:{first['line']}: {first['error']}{more}: "
+                    "the daemon that reads it refuses to start (\"Can't load config file\")", evidence)
+    if unreadable:
+        return Skip("cannot read " + "; ".join(unreadable), evidence)
+    if not checked:
+        return Skip("no libvirt configuration file found below /etc/libvirt", evidence)
+    return Pass(f"{len(checked)} configuration files parse", evidence)
+
+
+@config_syntax_error.fixer
+def show_config_line(finding, facts):
+    broken = finding.evidence.get("broken") or []
+    if not broken:
+        return None
+    return plan("Correct " + ", ".join(f"{b['file']} line {b['line']} ({b['error']})" for b in broken)
+                + ", then restart the daemon", Auto.MANUAL,
+                *[RunCommand(["sed", "-n", f"{max(1, (b['line'] or 1) - 2)},{(b['line'] or 1) + 2}p", b["file"]],
+                             f"show the lines around {b['file']}:{b['line']}") for b in broken])
+
+
 @hookimpl
 def virtdoctor_checks():
-    return [daemon_socket_missing, daemon_log_dir_missing, qemu_user_missing, dbus_unavailable]
+    return [daemon_socket_missing, daemon_log_dir_missing, config_syntax_error, qemu_user_missing, dbus_unavailable]

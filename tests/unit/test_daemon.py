@@ -282,3 +282,35 @@ def test_dbus_path_not_a_socket(fake_root):
     host(fake_root)
     fake_root.write("/run/dbus/system_bus_socket", "")
     assert "is not a socket" in one(D.dbus_unavailable, facts_for(fake_root)).message
+
+
+def test_config_syntax_error_names_file_line_and_libvirts_message(fake_root):
+    """libvirtd says "Can't load config file: configuration file syntax error:
+    /etc/libvirt/libvirtd.conf:2: expecting a value" and exits; the check says
+    the same before anyone restarts it."""
+    from virtdoctor.checks.daemon import config_syntax_error
+    from virtdoctor.engine import run_check
+    from virtdoctor.facts import HostFacts
+
+    fake_root.write("/etc/libvirt/qemu.conf", '#user = "libvirt-qemu"\nuser = "libvirt-qemu"\n')
+    fake_root.write("/etc/libvirt/libvirtd.conf", "listen_tls = 0\nlog_level = \n")
+    facts = HostFacts(root=str(fake_root), offline=True)
+    [f] = run_check(config_syntax_error, facts)
+    assert f.status.value == "fail" and f.severity.value == "error"
+    assert "configuration file syntax error: /etc/libvirt/libvirtd.conf:2: expecting a value" in f.message
+    assert f.evidence["checked"] == ["/etc/libvirt/qemu.conf"]
+    assert f.fix.auto.value == "manual" and "sed -n 1,4p /etc/libvirt/libvirtd.conf" in f.fix.commands
+
+    fake_root.write("/etc/libvirt/libvirtd.conf", "listen_tls = 0\nlog_level = 1\n")
+    [f] = run_check(config_syntax_error, HostFacts(root=str(fake_root), offline=True))
+    assert f.status.value == "pass" and len(f.evidence["checked"]) == 2
+
+
+def test_config_syntax_error_skips_without_config_files(fake_root):
+    from virtdoctor.checks.daemon import config_syntax_error
+    from virtdoctor.engine import run_check
+    from virtdoctor.facts import HostFacts
+
+    fake_root.mkdir("/etc/libvirt")
+    [f] = run_check(config_syntax_error, HostFacts(root=str(fake_root), offline=True))
+    assert f.status.value == "skip"

@@ -54,7 +54,13 @@ def test_builtin_dir_is_the_knowledge_folder():
 def test_every_catalogue_slug_has_exactly_one_file(kb):
     slugs = catalogue_slugs()
     assert len(slugs) == len(set(slugs)), "a slug appears twice in CATALOGUE.md"
-    assert sorted(slugs) == sorted(kb.entries), (set(slugs) ^ set(kb.entries))
+    assert set(slugs) <= set(kb.entries), set(slugs) - set(kb.entries)
+    # slugs beyond the catalogue are allowed for checks virtdoctor added (new slugs
+    # are added freely, never renamed): each must be implemented by a built-in check
+    from virtdoctor.plugins import build_manager, collect_checks
+
+    implemented = {c.slug for c in collect_checks(build_manager(autoload=False)).values()}
+    assert set(kb.entries) - set(slugs) <= implemented, set(kb.entries) - set(slugs) - implemented
 
 
 @needs_shared
@@ -424,6 +430,8 @@ def test_pkgconf_lines(kb):
     ("UEFI Interactive Shell v2.2", "uefi-cdrom-source-lost"),
     ("meson.build:600:2: ERROR: Dependency \"libtirpc\" not found, tried pkgconfig", "build-xdr-missing"),
     ("Cannot read certificate '/etc/pki/libvirt/clientcert.pem': No such file or directory", "tls-client-cert-missing"),
+    # measured: libvirtd -f CONF with `log_level = ` on line 2 (libvirt 9.0.0)
+    ("2026-11-25 22:13:40.712+0000: 472: error : main:918 : Can't load config file: configuration file syntax error: /tmp/vd/bad.conf:2: expecting a value: /tmp/vd/bad.conf", "config-syntax-error"),
     # look-alikes that must not match
     ("Emulator '/usr/bin/qemu-system-x86_64' does not support virt type 'hvf'", None),
     ("unsupported configuration: CPU mode 'host-passthrough' for x86_64 qemu domain on x86_64 host is not supported by hypervisor", None),
