@@ -58,7 +58,10 @@ def test_kvm_mode_0600_fails_guest_and_fix_restores(file_guard, vm_xml, define_v
     if not os.path.exists("/usr/lib/udev/rules.d/50-udev-default.rules"):
         assert 'GROUP="kvm"' in open(UDEV_RULE).read()
 
-    dom = define_vm(xml)   # again: a parallel session's vdtest-* sweep may have removed it
+    try:
+        dom = dom.connect().lookupByName("vdtest-kvm-perm")
+    except libvirt.libvirtError:  # a parallel session's vdtest-* sweep removed it: define it again
+        dom = define_vm(xml)
     proof = start_and_prove(dom)
     assert proof.virt_type == "kvm"
 
