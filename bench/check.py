@@ -23,33 +23,16 @@ import sys
 import time
 from pathlib import Path
 
+import benchenv  # bench/benchenv.py, beside this script
+
 BUDGET_S = 0.5          # a host with a few domains
 FEW_DOMAINS = 3
 PER_DOMAIN_S = 0.005    # each domain beyond those
 
 
 
-def installed_like_pip() -> dict[str, str]:
-    """Environment for the timed runs: bytecode of virtdoctor compiled once, as
-    `pip install` leaves a package, and PYTHONDONTWRITEBYTECODE dropped (some
-    shells set it), so "cold" means a fresh interpreter, not a recompile of
-    every module on every run."""
-    import compileall
-    import virtdoctor
-
-    compileall.compile_dir(os.path.dirname(virtdoctor.__file__), quiet=1)
-    try:
-        import virtdoctor.checks as builtin_checks
-
-        compileall.compile_dir(os.path.dirname(builtin_checks.__file__), quiet=1)
-    except ImportError:
-        pass
-    env = dict(os.environ)
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    return env
-
-
 BENCH_ENV: dict[str, str] | None = None
+
 
 def virtdoctor_command() -> list[str] | None:
     """The console script beside this interpreter, else `python -m virtdoctor`; None when
@@ -162,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_bench(vd: list[str], args) -> int:
     global BENCH_ENV
-    BENCH_ENV = installed_like_pip()
+    BENCH_ENV = benchenv.installed_like_pip()
     rows = []
     cmd = vd + ["check", "--format", "json"]
     times, codes, err = time_runs(cmd, args.runs)

@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+import benchenv  # bench/benchenv.py, beside this script
+
 HERE = Path(__file__).resolve().parent
 CORPUS = HERE.parent.parent / "shared" / "corpus" / "libvirt-9.0.0-qemuxml2argv"
 PREFLIGHT_BUDGET_S = 1.5
@@ -32,27 +34,8 @@ PREFIX = "vdtest-bench-"
 
 
 
-def installed_like_pip() -> dict[str, str]:
-    """Environment for the timed runs: bytecode of virtdoctor compiled once, as
-    `pip install` leaves a package, and PYTHONDONTWRITEBYTECODE dropped (some
-    shells set it), so "cold" means a fresh interpreter, not a recompile of
-    every module on every run."""
-    import compileall
-    import virtdoctor
-
-    compileall.compile_dir(os.path.dirname(virtdoctor.__file__), quiet=1)
-    try:
-        import virtdoctor.checks as builtin_checks
-
-        compileall.compile_dir(os.path.dirname(builtin_checks.__file__), quiet=1)
-    except ImportError:
-        pass
-    env = dict(os.environ)
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    return env
-
-
 BENCH_ENV: dict[str, str] | None = None
+
 
 def virtdoctor() -> list[str]:
     script = Path(sys.executable).parent / "virtdoctor"
@@ -182,7 +165,7 @@ def main() -> int:
     ap.add_argument("--skip-domains", action="store_true", help="do not define domains on qemu:///system")
     args = ap.parse_args()
     global BENCH_ENV
-    BENCH_ENV = installed_like_pip()
+    BENCH_ENV = benchenv.installed_like_pip()
     ok = True
     if args.corpus.is_dir():
         ok = bench_corpus(args.corpus, args.runs, not args.skip_validate) and ok
