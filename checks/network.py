@@ -436,6 +436,14 @@ def install_firewall_tools(finding, facts):
 
 
 # -- bonds under bridges ------------------------------------------------------------------------
+def _domain_links(facts):
+    """Links for a domain check: under --offline (preflight of XML for another
+    host) domain checks consult only the XML, so this one skips."""
+    if facts.offline:
+        raise FactUnavailable("--offline: this host's network links are not consulted")
+    return _links(facts)
+
+
 def _links(facts):
     if not facts.is_dir("/sys/class/net"):
         raise FactUnavailable("no /sys/class/net here (no sysfs in this root or container): "
@@ -562,7 +570,7 @@ def bridge_source_not_bridge(facts, dom):
     ifaces = [i for i in dom.root.iterfind("devices/interface") if i.get("type") == "bridge"]
     if not ifaces:
         return Pass("no <interface type='bridge'>")
-    links = _links(facts)
+    links = _domain_links(facts)
     bad, ok, evidence = [], [], {"bridges": {}}
     for iface in ifaces:
         src = iface.find("source")
@@ -631,7 +639,7 @@ def macvtap_source_enslaved(facts, dom):
     ifaces = [i for i in dom.root.iterfind("devices/interface") if i.get("type") == "direct"]
     if not ifaces:
         return Pass("no <interface type='direct'>")
-    links = _links(facts)
+    links = _domain_links(facts)
     bad, ok, evidence = [], [], {"devices": {}}
     for iface in ifaces:
         src = iface.find("source")

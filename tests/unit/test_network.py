@@ -429,6 +429,18 @@ def test_bridge_source_preflight_xml_no_sysfs_skips(fake_root):
     assert f.status is Status.SKIP and f.subject == "xml:vm.xml"
 
 
+def test_bridge_and_macvtap_sources_skip_offline_even_with_sysfs():
+    """preflight --offline judges the XML alone: this host's links say nothing
+    about the host the XML is for."""
+    dom = parse_domain(domain_xml("vm", nic_bridge("eth2")), "vm.xml")
+    f = one(net.bridge_source_not_bridge, make_facts(ROOTS / "bond-alb-bridge", libvirt=False), dom)
+    assert f.status is Status.SKIP and "--offline" in f.message
+    dom = parse_domain(domain_xml("vm", "<interface type='direct'><source dev='eth0' mode='bridge'/></interface>"),
+                       "vm.xml")
+    f = one(net.macvtap_source_enslaved, make_facts(ROOTS / "bond-alb-bridge", libvirt=False), dom)
+    assert f.status is Status.SKIP and "--offline" in f.message
+
+
 # -- macvtap-source-enslaved ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("tree, dev, status, expect", [
