@@ -10,8 +10,10 @@ from virtdoctor.model import FactUnavailable, Finding, ToolError
 
 
 def add_selection(parser: argparse.ArgumentParser, *, domain: bool = True) -> None:
-    parser.add_argument("--only", nargs="+", default=[], metavar="SLUG", help="run only these checks")
-    parser.add_argument("--skip", nargs="+", default=[], metavar="SLUG", help="do not run these checks")
+    parser.add_argument("--only", nargs="+", default=[], metavar="SLUG",
+                        help="run only these checks (before file arguments write --only=A,B)")
+    parser.add_argument("--skip", nargs="+", default=[], metavar="SLUG",
+                        help="do not run these checks (before file arguments write --skip=A,B)")
     if domain:
         parser.add_argument("--domain", "-d", action="append", default=[], metavar="NAME",
                             help="look at this defined domain only (repeatable); host checks still run")

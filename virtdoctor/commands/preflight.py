@@ -198,7 +198,9 @@ def run(args, ctx) -> int:
     elif domains:
         from virtdoctor.render.text import render_findings
 
-        render_findings(ctx.console, findings, verbose=ctx.verbose)
+        render_findings(ctx.console, findings, verbose=ctx.verbose,
+                        fix_hint="'virtdoctor preflight --fix FILE...' rewrites the files with the safe fixes "
+                                 "(add --unsafe for guest-visible ones); nothing is defined.")
     if errors:
         return EXIT_UNUSABLE
     return exit_status(findings)

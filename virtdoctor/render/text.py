@@ -34,7 +34,7 @@ def mark(f: Finding) -> tuple[str, str]:
 
 
 def render_findings(console: Console, findings: list[Finding], *, verbose: int = 0, title: str | None = None,
-                    fix_hint: bool = True) -> None:
+                    fix_hint: bool | str = True) -> None:
     if title:
         console.print(f"[bold]{escape(title)}[/bold]")
     groups: OrderedDict[str, list[Finding]] = OrderedDict()
@@ -70,4 +70,6 @@ def render_findings(console: Console, findings: list[Finding], *, verbose: int =
         line += f", {counts['error']} checks crashed"
     console.print(line)
     if fix_hint and any(f.fix and f.fix.auto.value != "manual" for f in failed):
-        console.print("[dim]Run 'virtdoctor fix' to see the fix plans; 'virtdoctor fix --yes' applies the safe ones.[/dim]")
+        hint = fix_hint if isinstance(fix_hint, str) else \
+            "Run 'virtdoctor fix' to see the fix plans; 'virtdoctor fix --yes' applies the safe ones."
+        console.print(f"[dim]{escape(hint)}[/dim]")
