@@ -235,3 +235,18 @@ def test_foreign_root_cannot_be_probed(fake_root):
     f = one(K.kvm_hw_virt_missing, HostFacts(root=str(fake_root), uri="qemu:///system", offline=True,
                                              processes_override=[]))
     assert f.status is Status.PASS and "not probed" in f.message
+
+
+def test_kvm_device_permission_skips_when_qemu_conf_does_not_parse(fake_root):
+    """A broken qemu.conf leaves QEMU's account unknown: no verdict for a guessed account."""
+    from virtdoctor.checks.kvm import kvm_device_permission
+    from virtdoctor.engine import run_check
+    from virtdoctor.facts import HostFacts
+
+    fake_root.passwd(["root:x:0:0:root:/root:/bin/sh", "libvirt-qemu:x:64055:107::/var/lib/libvirt:/bin/false"])
+    fake_root.group(["root:x:0:", "kvm:x:107:libvirt-qemu"])
+    fake_root.write("/etc/libvirt/qemu.conf", 'user = "libvirt-qemu\n')
+    fake_root.write("/dev/kvm", "", mode=0o600)
+    [f] = run_check(kvm_device_permission, HostFacts(root=str(fake_root), offline=True))
+    assert f.status.value == "skip"
+    assert "/etc/libvirt/qemu.conf does not parse" in f.message and "unterminated string" in f.message

@@ -259,15 +259,21 @@ class HostFacts:
 
     def qemu_account(self) -> QemuAccount:
         """qemu.conf `user`/`group`, else the build's default: Debian documents
-        it in the shipped qemu.conf as `#user = "libvirt-qemu"`."""
+        it in the shipped qemu.conf as `#user = "libvirt-qemu"`. A qemu.conf
+        with a syntax error is FactUnavailable: judging access for a guessed
+        account would be a guess (and the daemon refuses the file anyway)."""
         from virtdoctor.facts.accounts import parse_account_spec
 
         conf_path = "/etc/libvirt/qemu.conf"
         text = None
         try:
             text = self.read_text(conf_path)
+            self.conf(conf_path)
         except FactUnavailable:
             pass
+        except Exception as exc:  # confparse.ConfError: the QEMU driver refuses the file too
+            raise FactUnavailable(f"QEMU's account is unknown: {conf_path} does not parse ({exc}); "
+                                  "config-syntax-error reports it") from exc
         user = self.conf_value(conf_path, "user")
         group = self.conf_value(conf_path, "group")
         source = "qemu.conf"
