@@ -2,6 +2,8 @@
 
 Every test in this directory is marked `live` (see tests/conftest.py for the policy). What a
 test creates is named vdtest-*; leftovers with that prefix are removed at session start and end.
+One live session runs per host at a time (a flock on /run/lock/virtdoctor-live-tests.lock):
+these tests stop the daemon and change /dev/kvm, so parallel sessions would break each other.
 
     libvirt_conn              read-write connection to qemu:///system, closed after the test
     vm_xml(name, **opts)      domain XML of a tiny guest (vmhelpers.build_vm_xml's options, plus
@@ -18,7 +20,10 @@ open_with_timeout, wait_for_uri, kvm_usable_by_qemu, cleanup_leftovers, PREFIX.
 """
 from __future__ import annotations
 
+import fcntl
+import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -36,9 +41,42 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.live)
 
 
+LIVE_LOCK = "/run/lock/virtdoctor-live-tests.lock"
+LIVE_LOCK_WAIT = float(os.environ.get("VIRTDOCTOR_LIVE_LOCK_WAIT", "1800"))
+
+
+def _hold_live_lock():
+    """One live session per host at a time. Live tests stop the daemon, chmod
+    /dev/kvm and sweep every vdtest-* object, so two sessions at once (two
+    developers, a developer and a bench) destroy each other's work. A second
+    session waits for the first (VIRTDOCTOR_LIVE_LOCK_WAIT seconds, default
+    1800), then fails with the holder's pid."""
+    os.makedirs(os.path.dirname(LIVE_LOCK), exist_ok=True)
+    fd = os.open(LIVE_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + LIVE_LOCK_WAIT
+    announced = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            if time.monotonic() > deadline:
+                os.close(fd)
+                pytest.fail(f"another live test session (pid {holder}) holds {LIVE_LOCK}", pytrace=False)
+            if not announced:
+                print(f"\nwaiting for the live test session of pid {holder} ({LIVE_LOCK})", file=sys.stderr)
+                announced = True
+            time.sleep(1)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _vdtest_leftovers(live_host):
-    """Remove vdtest-* objects before the first live test and after the last one."""
+    """Hold the host-wide live-test lock for the session; remove vdtest-*
+    objects before the first live test and after the last one."""
     def sweep(when):
         conn = vmhelpers.wait_for_uri(live_host.uri, 30)
         try:
@@ -51,11 +89,15 @@ def _vdtest_leftovers(live_host):
     if not live_host.ok:   # the policy in tests/conftest.py skips or fails the tests themselves
         yield
         return
-    for log in vmhelpers.QEMU_LOG_DIR.glob(vmhelpers.PREFIX + "*"):  # logs of earlier sessions
-        log.unlink(missing_ok=True)
-    sweep("start")
-    yield
-    sweep("end")
+    lock = _hold_live_lock()
+    try:
+        for log in vmhelpers.QEMU_LOG_DIR.glob(vmhelpers.PREFIX + "*"):  # logs of earlier sessions
+            log.unlink(missing_ok=True)
+        sweep("start")
+        yield
+        sweep("end")
+    finally:
+        os.close(lock)  # releases the flock
 
 
 @pytest.fixture
