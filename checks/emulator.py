@@ -1,8 +1,8 @@
 """QEMU binaries and the ROM files they load."""
 from __future__ import annotations
 
-from virtdoctor.api import (Auto, FactUnavailable, Fail, Pass, RunCommand, Skip, check, hookimpl,
-                            plan)
+from virtdoctor.api import (Auto, FactUnavailable, Fail, Pass, RunCommand, Skip, check, hookimpl, plan,
+                            redefine_plan)
 from virtdoctor.facts import firmware as fwfacts
 
 # ROM files QEMU loads for a device (QEMU 7.2 romfile defaults)
@@ -106,17 +106,12 @@ def point_at_capabilities_emulator(finding, facts, dom):
         return None
     notes = [f"{dom.emulator} -> {new} (the capabilities' emulator for {arch}); "
              f"or restore {dom.emulator} (e.g. ln -s {new} {dom.emulator})"]
-    if dom.info.active:
-        notes.append(f"{dom.name} is running: the change applies at its next boot (shut it down and start it)")
 
     def edit(d):
         d.root.find("devices/emulator").text = new
         return f"Point {dom.name}'s <emulator> at {new}"
 
-    from virtdoctor.checks.firmware import redefine
-
-    summary, action = redefine(dom, edit, notes)
-    return plan(summary, Auto.UNSAFE, action, notes=notes)
+    return redefine_plan(dom, edit, notes=notes)
 
 
 # -- romfile-missing -------------------------------------------------------------------

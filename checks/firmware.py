@@ -4,7 +4,7 @@ from __future__ import annotations
 from lxml import etree
 
 from virtdoctor.api import (Auto, FactUnavailable, Fail, Pass, RunCommand, Severity, Skip, check,
-                            hookimpl, plan)
+                            hookimpl, plan, redefine_plan)
 from virtdoctor.facts import firmware as fwfacts
 
 X86 = fwfacts.X86
@@ -22,23 +22,6 @@ def _domain_arch(facts, dom) -> str:
         return dom.arch
     arch, _ = fwfacts.host_arch(facts)
     return arch or ""
-
-
-def redefine(dom, edit, notes: list[str]):
-    """The action that redefines `dom` with `edit(domain)` applied. The edit runs
-    on a copy now (the diff) and again, when the fix is applied, on the
-    inactive XML *with secrets* (graphics passwords the read-only checks never
-    see), so the redefinition keeps them (domxml.edit_domain)."""
-    from virtdoctor.domxml import edit_copy, edit_domain, serialise
-
-    tree, summary = edit_copy(dom, edit)
-    return summary, edit_domain(dom.name, serialise(tree), dom.xml_text(), edit)
-
-
-def _next_boot_notes(dom) -> list[str]:
-    if dom.info is not None and dom.info.active:
-        return [f"{dom.name} is running: the change applies at its next boot (shut it down and start it)"]
-    return []
 
 
 def _uefi_package_cmd(arch: str) -> RunCommand:
@@ -358,7 +341,7 @@ def secure_boot_smm_fix(finding, facts, dom):
     except FactUnavailable:
         host_smm = None
     smm_ok = fw.virt_type != "kvm" or host_smm is True
-    notes = _next_boot_notes(dom)
+    notes: list[str] = []  # redefine_plan adds the next-boot note for a running domain
     if smm_ok and fwfacts.is_q35(fw.machine):
         def edit(d):
             feats = _features(d.root)
@@ -407,8 +390,7 @@ def secure_boot_smm_fix(finding, facts, dom):
                     feats.remove(smm)
             return (f"Give {dom.name} UEFI firmware without secure boot"
                     + (" (this host's KVM has no SMM)" if host_smm is False else ""))
-    summary, action = redefine(dom, edit, notes)
-    return plan(summary, Auto.UNSAFE, action, notes=notes)
+    return redefine_plan(dom, edit, notes=notes)
 
 
 # -- uefi-requires-acpi / acpi-requires-uefi ------------------------------------------
@@ -449,9 +431,8 @@ def add_acpi(finding, facts, dom):
         acpi.attrib.clear()
         return f"Add <features><acpi/></features> to {dom.name}"
 
-    notes = _next_boot_notes(dom)
-    summary, action = redefine(dom, edit, notes)
-    return plan(summary, Auto.UNSAFE, action, notes=notes)
+    notes: list[str] = []  # redefine_plan adds the next-boot note for a running domain
+    return redefine_plan(dom, edit, notes=notes)
 
 
 @check("acpi-requires-uefi", scope="domain", area="firmware", severity="error",
@@ -496,9 +477,8 @@ def acpi_uefi_fix(finding, facts, dom):
         feats.remove(feats.find("acpi"))
         return f"Turn ACPI off for {dom.name} (no aarch64 UEFI firmware here): the guest gets a device tree"
 
-    notes = _next_boot_notes(dom)
-    summary, action = redefine(dom, edit, notes)
-    return plan(summary, Auto.UNSAFE, action, notes=notes)
+    notes: list[str] = []  # redefine_plan adds the next-boot note for a running domain
+    return redefine_plan(dom, edit, notes=notes)
 
 
 @hookimpl
