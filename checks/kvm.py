@@ -86,13 +86,15 @@ def give_kvm_group_rw(finding, facts):
     if node is not None and node.acl_text:
         actions.append(RemoveAcl(KVM_DEVICE))
     actions += [SetGroup(KVM_DEVICE, "kvm"), SetMode(KVM_DEVICE, 0o660)]
-    if not udev_rule_grants(facts):
+    rule = udev_rule_grants(facts)
+    if rule is None:
         actions.append(WriteFile(UDEV_RULE, UDEV_RULE_TEXT, 0o644))
+        summary = "Give group kvm read-write on /dev/kvm (0660) and persist it with a udev rule"
     else:
-        notes.append(f"{udev_rule_grants(facts)} already sets group kvm and mode 0660 at boot; "
+        notes.append(f"{rule} already sets group kvm and mode 0660 at boot (when udev runs); "
                      "something changed the node since")
-    return plan("Give group kvm read-write on /dev/kvm (0660) and persist it with a udev rule",
-                Auto.SAFE, *actions, notes=notes)
+        summary = "Give group kvm read-write on /dev/kvm (0660)"
+    return plan(summary, Auto.SAFE, *actions, notes=notes)
 
 
 KVM_MODULES = ("kvm_intel", "kvm_amd", "kvm_pvm", "kvm_hv", "kvm_pr")
