@@ -14,6 +14,7 @@ these tests stop the daemon and change /dev/kvm, so parallel sessions would brea
                               restored after the test
     file_guard(path)          snapshot of a file/dir/device node/absence; restored after the test
     run_virtdoctor(*args)     (rc, stdout, stderr) of `python -m virtdoctor ARGS`
+    stored_domain(name, xml)  a config libvirt's define refuses, loaded by SIGHUP; removed after
 
 and in vmhelpers: start_and_prove(dom) -> Proof, build_vm_xml, undefine_domain,
 open_with_timeout, wait_for_uri, kvm_usable_by_qemu, cleanup_leftovers, PREFIX.
@@ -176,3 +177,46 @@ def file_guard(tmp_path):
 @pytest.fixture
 def run_virtdoctor():
     return vmhelpers.run_virtdoctor
+
+
+@pytest.fixture
+def stored_domain(daemon_guard):
+    """store(name, xml): put a domain XML where libvirt keeps its configs and make the daemon
+    reload them (SIGHUP); returns the virDomain. Configs are loaded without validation, so this
+    is how XML that today's define refuses reaches a daemon (a hand edit, a config from an older
+    libvirt). The domains and files are removed afterwards."""
+    import signal
+
+    import libvirt
+
+    names = []
+
+    def store(name: str, xml: str):
+        vmhelpers.check_name(name)
+        path = f"/etc/libvirt/qemu/{name}.xml"
+        assert not os.path.exists(path)
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(xml)
+        names.append(name)
+        pids = daemon_guard.pids("libvirtd") or daemon_guard.pids("virtqemud")
+        assert pids, "no libvirt daemon to reload"
+        for pid in pids:
+            os.kill(pid, signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                return vmhelpers.open_with_timeout().lookupByName(name)  # the domain keeps its connection
+            except (RuntimeError, libvirt.libvirtError):
+                assert time.monotonic() < deadline, f"{name} did not appear after SIGHUP"
+                time.sleep(0.2)
+
+    yield store
+    conn = vmhelpers.wait_for_uri(vmhelpers.live_uri(), 30)
+    try:
+        for name in names:
+            vmhelpers.undefine_domain(conn, name)
+    finally:
+        conn.close()
+    for name in names:
+        if os.path.exists(f"/etc/libvirt/qemu/{name}.xml"):
+            os.unlink(f"/etc/libvirt/qemu/{name}.xml")

@@ -270,45 +270,6 @@ def test_running_guest_is_told_the_fix_applies_at_next_boot(libvirt_conn, vm_xml
 
 
 # -- a stored config that today's validation refuses: check finds it, fix redefines it -------
-@pytest.fixture
-def stored_domain(daemon_guard):
-    """Put a domain XML where libvirt keeps its configs and make the daemon reload them (SIGHUP):
-    configs are loaded without validation, so this is how XML that define refuses reaches a
-    daemon (a hand edit, a config from an older libvirt). Removed afterwards."""
-    import signal
-    import time
-
-    names = []
-
-    def store(name: str, xml: str):
-        vmhelpers.check_name(name)
-        path = f"/etc/libvirt/qemu/{name}.xml"
-        with open(path, "w", encoding="utf-8") as fh:
-            fh.write(xml)
-        names.append(name)
-        pids = daemon_guard.pids("libvirtd") or daemon_guard.pids("virtqemud")
-        assert pids, "no libvirt daemon to reload"
-        for pid in pids:
-            os.kill(pid, signal.SIGHUP)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                return vmhelpers.open_with_timeout().lookupByName(name)
-            except (RuntimeError, libvirt.libvirtError):
-                assert time.monotonic() < deadline, f"{name} did not appear after SIGHUP"
-                time.sleep(0.2)
-
-    yield store
-    conn = vmhelpers.wait_for_uri(vmhelpers.live_uri(), 30)
-    try:
-        for name in names:
-            vmhelpers.undefine_domain(conn, name)
-    finally:
-        conn.close()
-    for name in names:
-        if os.path.exists(f"/etc/libvirt/qemu/{name}.xml"):
-            os.unlink(f"/etc/libvirt/qemu/{name}.xml")
-
 
 def test_stored_cdrom_on_virtio_check_and_fix(vm_xml, stored_domain, run_virtdoctor, libvirt_conn, images):
     name = "vdtest-dom-stored-cd"

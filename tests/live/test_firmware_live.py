@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import time
 import uuid
 
@@ -151,43 +150,6 @@ def test_secure_boot_without_smm_fails_then_fix_uses_insecure_firmware(vm_xml, d
 
 
 # --------------------------------------------------------------------------- UEFI without ACPI
-
-@pytest.fixture
-def stored_domain(daemon_guard):
-    """Put a domain XML where libvirt keeps its configs and make the daemon reload them (SIGHUP):
-    the way an XML that today's validation refuses reaches a daemon (hand edit, older libvirt)."""
-    names = []
-
-    def store(name: str, xml: str):
-        vmhelpers.check_name(name)
-        path = f"/etc/libvirt/qemu/{name}.xml"
-        assert not os.path.exists(path)
-        with open(path, "w", encoding="utf-8") as fh:
-            fh.write(xml)
-        names.append(name)
-        pids = daemon_guard.pids("libvirtd") or daemon_guard.pids("virtqemud")
-        assert pids, "no libvirt daemon to reload"
-        for pid in pids:
-            os.kill(pid, signal.SIGHUP)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                return vmhelpers.open_with_timeout().lookupByName(name)  # the domain keeps its connection
-            except (RuntimeError, libvirt.libvirtError):
-                assert time.monotonic() < deadline, f"{name} did not appear after SIGHUP"
-                time.sleep(0.2)
-
-    yield store
-    conn = vmhelpers.wait_for_uri(vmhelpers.live_uri(), 30)
-    try:
-        for name in names:
-            vmhelpers.undefine_domain(conn, name)
-    finally:
-        conn.close()
-    for name in names:
-        if os.path.exists(f"/etc/libvirt/qemu/{name}.xml"):
-            os.unlink(f"/etc/libvirt/qemu/{name}.xml")
-
 
 def test_uefi_without_acpi_is_refused_then_fix_adds_acpi(vm_xml, libvirt_conn, stored_domain, run_virtdoctor):
     name = "vdtest-fw-noacpi"
