@@ -332,42 +332,54 @@ def _find_tool(facts, name: str) -> tuple[str | None, str | None]:
     return None, facts.which(name)
 
 
-def _tool_users(facts, backend) -> dict[str, list[str]] | None:
-    """tool -> "network:N"/"domain:D" that need it; None when libvirt is unreachable.
-    Measured on libvirt 9.0: a NAT network's start runs /usr/sbin/iptables;
-    ip6tables only for networks with IPv6; ebtables only for nwfilter
-    (<filterref> on a domain's NIC); the nftables backend runs nft for all."""
+def _parsed_definitions(facts):
+    """(networks, domains) as lists of (name, parsed XML root), unparsable XML
+    left out; None when libvirt is unreachable."""
     try:
         nets = facts.libvirt.networks()
         infos = facts.libvirt.domains()
     except FactUnavailable:
         return None
+
+    def parsed(items):
+        out = []
+        for item in items:
+            try:
+                out.append((item.name, _xml(item.xml)))
+            except etree.XMLSyntaxError:
+                continue
+        return out
+
+    return parsed(nets), parsed(infos)
+
+
+def _tool_users(facts, backend) -> dict[str, list[str]] | None:
+    """tool -> "network:N"/"domain:D" that need it; None when libvirt is unreachable.
+    Measured on libvirt 9.0: a NAT network's start runs /usr/sbin/iptables;
+    ip6tables only for networks with IPv6; ebtables only for nwfilter
+    (<filterref> on a domain's NIC); the nftables backend runs nft for all."""
+    defs = _parsed_definitions(facts)
+    if defs is None:
+        return None
+    nets, doms = defs
     users: dict[str, list[str]] = {}
-    for n in nets:
-        try:
-            root = _xml(n.xml)
-        except etree.XMLSyntaxError:
-            continue
+    for name, root in nets:
         if not needs_firewall(root):
             continue
         v6 = any(ip.get("family") == "ipv6" or ":" in (ip.get("address") or "") for ip in root.iterfind("ip"))
         if backend == "nftables":
-            users.setdefault("nft", []).append(f"network:{n.name}")
+            users.setdefault("nft", []).append(f"network:{name}")
             continue
         v4 = any(ip.get("family") in (None, "ipv4") and ":" not in (ip.get("address") or "")
                  for ip in root.iterfind("ip")) or not v6
         if v4:
-            users.setdefault("iptables", []).append(f"network:{n.name}")
+            users.setdefault("iptables", []).append(f"network:{name}")
         if v6 or root.get("ipv6") == "yes":
-            users.setdefault("ip6tables", []).append(f"network:{n.name}")
-    for info in infos:
-        try:
-            root = _xml(info.xml)
-        except etree.XMLSyntaxError:
-            continue
+            users.setdefault("ip6tables", []).append(f"network:{name}")
+    for name, root in doms:
         if root.find("devices/interface/filterref") is not None:
-            users.setdefault("ebtables" if backend != "nftables" else "nft", []).append(f"domain:{info.name}")
-            users.setdefault("iptables", []).append(f"domain:{info.name}")
+            users.setdefault("ebtables" if backend != "nftables" else "nft", []).append(f"domain:{name}")
+            users.setdefault("iptables", []).append(f"domain:{name}")
     return users
 
 
@@ -462,29 +474,20 @@ def _lower_devices(facts, name: str) -> list[str]:
 def bridge_users(facts) -> dict[str, list[str]] | None:
     """bridge name -> "domain:NAME"/"network:NAME" that plug into it; None when
     libvirt is unreachable."""
-    try:
-        infos = facts.libvirt.domains()
-        nets = facts.libvirt.networks()
-    except FactUnavailable:
+    defs = _parsed_definitions(facts)
+    if defs is None:
         return None
+    nets, doms = defs
     users: dict[str, list[str]] = {}
-    for n in nets:
-        try:
-            root = _xml(n.xml)
-        except etree.XMLSyntaxError:
-            continue
+    for name, root in nets:
         br = root.find("bridge")
         if br is not None and br.get("name"):
-            users.setdefault(br.get("name"), []).append(f"network:{n.name}")
-    for info in infos:
-        try:
-            root = _xml(info.xml)
-        except etree.XMLSyntaxError:
-            continue
+            users.setdefault(br.get("name"), []).append(f"network:{name}")
+    for name, root in doms:
         for iface in root.iterfind("devices/interface"):
             src = iface.find("source")
             if iface.get("type") == "bridge" and src is not None and src.get("bridge"):
-                users.setdefault(src.get("bridge"), []).append(f"domain:{info.name}")
+                users.setdefault(src.get("bridge"), []).append(f"domain:{name}")
     return users
 
 

@@ -147,19 +147,24 @@ def mac_prefix(facts, dom):
     return Warn(f"{text}: outside QEMU/KVM's {QEMU_OUI} prefix", evidence)
 
 
-@mac_prefix.fixer
-def regenerate_prefix(finding, facts, dom):
+def _regenerate_plan(facts, dom, nics, notes=()):
+    """A plan giving each (index, mac) of `nics` a new unique 52:54:00 MAC."""
     used = used_macs(facts, dom)
     changes = {}
-    for i, m, _ in interface_macs(dom.root):
-        if not m.startswith(QEMU_OUI + ":"):
-            mac = new_mac(f"{dom.name}|{i}|{m}", used)
-            used.add(mac)
-            changes[(i, m)] = mac
+    for i, m in nics:
+        mac = new_mac(f"{dom.name}|{i}|{m}", used)
+        used.add(mac)
+        changes[(i, m)] = mac
     if not changes:
         return None
     return domain_plan(dom, "Regenerate " + ", ".join(f"{o} -> {n}" for (_, o), n in changes.items()),
-                       Auto.UNSAFE, _replace_macs(changes))
+                       Auto.UNSAFE, _replace_macs(changes), notes)
+
+
+@mac_prefix.fixer
+def regenerate_prefix(finding, facts, dom):
+    return _regenerate_plan(facts, dom, [(i, m) for i, m, _ in interface_macs(dom.root)
+                                         if not m.startswith(QEMU_OUI + ":")])
 
 
 # -- mac-duplicate ------------------------------------------------------------------------
@@ -227,8 +232,7 @@ def _loser(facts, dom, mac: str) -> str:
 @mac_duplicate.fixer
 def regenerate_duplicate(finding, facts, dom):
     dups, _, _ = _duplicates(facts, dom)
-    used = used_macs(facts, dom)
-    changes = {}
+    nics = []
     notes = []
     for i, m, label, clash, first in dups:
         if first is None:
@@ -239,13 +243,8 @@ def regenerate_duplicate(finding, facts, dom):
             if loser != dom.name:
                 notes.append(f"{m} stays on this domain; the fix of domain {loser} changes its copy")
                 continue
-        mac = new_mac(f"{dom.name}|{i}|{m}", used)
-        used.add(mac)
-        changes[(i, m)] = mac
-    if not changes:
-        return None
-    return domain_plan(dom, "Regenerate " + ", ".join(f"{o} -> {n}" for (_, o), n in changes.items()),
-                       Auto.UNSAFE, _replace_macs(changes), notes)
+        nics.append((i, m))
+    return _regenerate_plan(facts, dom, nics, notes)
 
 
 @hookimpl
