@@ -22,6 +22,7 @@ class Check:
     title: str
     func: Callable[..., Any]
     needs: tuple[str, ...] = ()
+    plans: bool = False  # the check attaches fix plans to its failures (Result.plan)
     fixer_func: Callable[..., Any] | None = None
     plugin: str = ""
     doc: str = field(default="")
@@ -43,18 +44,20 @@ class Check:
 
     @property
     def has_fixer(self) -> bool:
-        return self.fixer_func is not None
+        return self.fixer_func is not None or self.plans
 
 
 def check(slug: str, *, scope: str, area: str, title: str, severity: str | Severity = "error",
-          needs: tuple[str, ...] | list[str] = ()) -> Callable[[Callable[..., Any]], Check]:
+          needs: tuple[str, ...] | list[str] = (), plans: bool = False) -> Callable[[Callable[..., Any]], Check]:
     """Declare a check. Host and uri checks are `func(facts)`, domain checks
     `func(facts, dom)`; they return one `Result` (Pass/Fail/Warn/Skip) or a list.
     `needs` names facts the check cannot run without ("libvirt", "root"): when
-    they are missing the engine reports skip without calling the check."""
+    they are missing the engine reports skip without calling the check.
+    `plans=True` says the check attaches its fix plan to each failure
+    (`Fail(..., plan=plan(...))`), so `virtdoctor fix` can apply it."""
 
     def wrap(func: Callable[..., Any]) -> Check:
         return Check(slug=slug, scope=scope, area=area, severity=Severity(severity), title=title,
-                     func=func, needs=tuple(needs), plugin=func.__module__)
+                     func=func, needs=tuple(needs), plans=plans, plugin=func.__module__)
 
     return wrap

@@ -88,11 +88,13 @@ def _finding(chk: Check, r: Result, subject: str, facts, dom, knowledge) -> Find
     if r.status is Status.ERROR:
         severity = Severity.WARNING
     fix = r.fix
+    if fix is None and r.plan is not None and r.status is Status.FAIL:
+        fix = FixInfo(r.plan.summary, tuple(r.plan.commands), r.plan.auto)
     if fix is None and r.status is Status.FAIL:
         fix = fix_info(chk, r, subject, facts, dom, knowledge)
     return Finding(id=chk.slug, status=r.status, severity=severity, subject=subject, title=chk.title,
                    message=r.message or _default_message(r.status, chk), evidence=dict(r.evidence),
-                   fix=fix, area=chk.area)
+                   fix=fix, area=chk.area, plan=r.plan if r.status is Status.FAIL else None)
 
 
 def _default_message(status: Status, chk: Check) -> str:

@@ -68,6 +68,9 @@ class Result:
     subject: str | None = None
     fix: FixInfo | None = None
     key: str | None = None  # distinguishes several results of one check (e.g. a network name)
+    # the fix plan (virtdoctor.remedy.FixPlan), built by the check itself when it fails:
+    # the engine turns it into the finding's `fix` and `virtdoctor fix` applies it as is
+    plan: Any = None
 
 
 def Pass(message: str = "", evidence: dict | None = None, **kw: Any) -> Result:
@@ -99,6 +102,7 @@ class Finding:
     evidence: dict[str, Any] = field(default_factory=dict)
     fix: FixInfo | None = None
     area: str = ""  # not part of the JSON contract: the report's grouping
+    plan: Any = field(default=None, compare=False, repr=False)  # FixPlan attached by the check
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -280,7 +280,7 @@ def test_fix_command_only_for_fixable_failing_checks(kb):
 
 def test_fix_command_names_the_domain_and_unsafe(kb):
     class Fake:  # stands for a registry's Check: only what add_fix_commands reads
-        slug, scope, fixer_func = "cdrom-on-virtio", "domain", object()
+        slug, scope, has_fixer = "cdrom-on-virtio", "domain", True
 
     unsafe = FixInfo("Put the cdrom on sata", (), Auto.UNSAFE)
     causes = diagnose.rank(kb, {}, [finding("cdrom-on-virtio", fix=unsafe)], NAME)

@@ -218,3 +218,19 @@ def test_select_knowledge_only_slug(registry):
     assert len(select(registry, skip=["build-yajl-missing"], known_slugs=["build-yajl-missing"])) == 4
     with pytest.raises(ToolError):
         select(registry, only=["build-yajl-missing"], known_slugs=["build-yajl-missing"])
+
+
+def test_a_plan_attached_by_the_check_is_the_findings_fix_and_is_kept(facts):
+    p = plan("Start it", Auto.SAFE, RunCommand(["virsh", "net-start", "default"]))
+    chk = check("planned-check", scope="host", area="test", title="t", plans=True)(
+        lambda facts: Fail("broken", {"n": 1}, plan=p))
+    assert chk.has_fixer
+    [f] = run_check(chk, facts)
+    assert f.plan is p
+    assert f.fix.summary == "Start it" and f.fix.auto is Auto.SAFE
+    assert f.fix.commands == ("virsh net-start default",)
+    # a passing result never carries a plan into its finding
+    chk2 = check("planned-pass", scope="host", area="test", title="t", plans=True)(
+        lambda facts: Pass("fine", plan=p))
+    [g] = run_check(chk2, facts)
+    assert g.plan is None and g.fix is None

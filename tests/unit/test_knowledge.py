@@ -25,8 +25,14 @@ def kb() -> KnowledgeBase:
 
 
 def catalogue_slugs() -> list[str]:
+    """Every slug of CATALOGUE.md except those of sections planned for a later issue."""
     slugs = []
+    later = False
     for line in CATALOGUE.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            later = "later issue" in line
+        if later:
+            continue
         m = re.match(r"\|\s*([a-z0-9]+(?:-[a-z0-9]+)+)\s*\|", line)
         if m:
             slugs.append(m.group(1))
@@ -68,12 +74,14 @@ def test_auto_and_scope_follow_the_catalogue(kb):
     rows = {}
     for line in CATALOGUE.read_text(encoding="utf-8").splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 6 and re.fullmatch(r"[a-z0-9-]+", cells[0]) and cells[5] in ("safe", "unsafe", "manual"):
-            rows[cells[0]] = (cells[1], cells[5])
+        if len(cells) in (4, 6) and re.fullmatch(r"[a-z0-9-]+", cells[0]) and cells[-1] and \
+                set(cells[-1].split("/")) <= {"safe", "unsafe", "manual"} and cells[0] in catalogue_slugs():
+            rows[cells[0]] = (cells[1], cells[-1])
     assert len(rows) > 40
     for slug, (scope, auto) in rows.items():
         entry = kb.get(slug)
-        assert entry.auto == auto, slug
+        # "safe/manual" in part 2: the entry names the most a fix may do; the check decides per case
+        assert entry.auto in auto.split("/"), slug
         assert set(entry.scope) == {s.strip() for s in scope.split(",")}, slug
         assert slug in entry.checks, slug
 

@@ -289,7 +289,7 @@ def rank(kb, matches: dict[str, dict], findings: list[Finding], name: str) -> li
 def add_fix_commands(causes: list[dict], registry, name: str, domain_known: bool) -> None:
     """`virtdoctor fix --only SLUG [--domain NAME] [--unsafe]` on causes whose fix comes from a
     failing check that has a fixer virtdoctor may apply (safe or unsafe)."""
-    fixable = {(c.slug, c.scope == "domain") for c in registry.values() if c.fixer_func is not None}
+    fixable = {(c.slug, c.scope == "domain") for c in registry.values() if c.has_fixer}
     for c in causes:
         subject = c.pop("_fix_subject", None)
         fix = c["fix"]

@@ -40,7 +40,12 @@ def _plans(ctx, args):
             continue
         dom = by_subject.get(f.subject)
         chk = registry.get((f.id, "domain" if dom is not None else "host"))
-        if chk is None or chk.fixer_func is None:
+        if chk is None:
+            continue
+        if f.plan is not None:  # the check attached its plan: no fixer to run again
+            items.append((f, chk, dom, f.plan, ""))
+            continue
+        if chk.fixer_func is None:
             continue
         try:
             p = chk.fixer_func(f, facts, dom) if dom is not None else chk.fixer_func(f, facts)

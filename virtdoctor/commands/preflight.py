@@ -239,15 +239,17 @@ def fix_files(ctx, facts, checks, domains, *, unsafe: bool, backup_dir: str | No
             current = reload(dom)
             todo = None
             for chk in checks:
-                if chk.fixer_func is None:
+                if not chk.has_fixer:
                     continue
                 for f in engine.run_check(chk, facts, current, lookup):
                     if f.status is not Status.FAIL or (chk.slug, f.message) in tried:
                         continue
-                    try:
-                        p = chk.fixer_func(f, facts, current)
-                    except Exception:
-                        p = None
+                    p = f.plan
+                    if p is None and chk.fixer_func is not None:
+                        try:
+                            p = chk.fixer_func(f, facts, current)
+                        except Exception:
+                            p = None
                     if p is not None and _file_plan(p, current):
                         todo = (chk, f, p)
                         break
