@@ -338,6 +338,12 @@ class HostFacts:
             self.libvirt_facts = LiveLibvirt(self.resolved_uri, timeout=self.timeout)
         return self.libvirt_facts
 
+    def domain_caps(self, dom):
+        """The domain capabilities (an lxml element) for `dom`'s emulator, arch,
+        machine and virt type, asked once per run; raises FactUnavailable."""
+        return self.libvirt.domcapabilities(dom.emulator, dom.arch or None, dom.machine or None,
+                                            dom.virt_type or None)
+
     @cached_property
     def resolved_uri(self) -> str:
         from virtdoctor.facts.uri import resolve_uri
