@@ -33,6 +33,11 @@ MISSING = ("--format prometheus and --textfile need the prometheus_client packag
 STATUSES = ("pass", "fail", "skip", "error")
 
 
+def require():
+    """The prometheus_client module, or ToolError with how to install it."""
+    return _client()[0]
+
+
 def _client():
     try:
         import prometheus_client
