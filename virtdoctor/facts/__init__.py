@@ -327,6 +327,14 @@ class HostFacts:
     def env(self, name: str, default: str | None = None) -> str | None:
         return os.environ.get(name, default)
 
+    # -- what is installed (facts/install.py) -----------------------------
+    @cached_property
+    def installation(self):
+        """The distribution, libvirt's daemons and client, /etc/libvirt, the QEMU emulators."""
+        from virtdoctor.facts.install import read_installation
+
+        return read_installation(self)
+
     # -- KVM and libvirt --------------------------------------------------
     def kvm_probe(self) -> KvmProbe:
         """Open /dev/kvm and ask it (API version, create a VM, SMM support)."""
