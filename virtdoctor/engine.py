@@ -37,42 +37,13 @@ def split_slugs(values: Iterable[str]) -> list[str]:
     return out
 
 
-NOT_INSTALLED = "libvirt is not installed on this host (libvirt-not-installed says what to install)"
-
-
-def _libvirt_not_installed(facts, *, local_only: bool = False) -> str | None:
-    """The one skip reason of every check that needs libvirt on a host without it
-    (need "libvirt-installed"; need "libvirt" on a local URI that does not answer)."""
-    try:
-        if local_only:
-            from virtdoctor.facts.uri import parse_uri
-
-            if parse_uri(facts.resolved_uri).is_remote:
-                return None
-        return None if facts.installation.libvirt_installed else NOT_INSTALLED
-    except Exception:
-        return None
-
-
 def _unmet_need(chk: Check, facts) -> str | None:
+    """Why the facts source cannot feed one of the check's `needs` (the
+    facts object answers: `facts.unfed(need)`), None when it can."""
     for need in chk.needs:
-        if need == "libvirt-installed":
-            missing = _libvirt_not_installed(facts)
-            if missing:
-                return missing
-        elif need == "libvirt":
-            try:
-                err = facts.libvirt.connect_error()
-            except FactUnavailable as exc:
-                return str(exc)
-            if err:
-                return _libvirt_not_installed(facts, local_only=True) or f"libvirt not reachable: {err}"
-        elif need == "root":
-            if facts.euid != 0:
-                return "needs root"
-        elif need == "live":
-            if not facts.is_live:
-                return f"looks at the running machine, not at --root {facts.root}"
+        why = facts.unfed(need)
+        if why:
+            return why
     return None
 
 

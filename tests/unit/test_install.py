@@ -16,7 +16,7 @@ from virtdoctor.checkdef import check
 from virtdoctor.checks import install as I
 from virtdoctor.cli import main
 from virtdoctor.facts import HostFacts
-from virtdoctor.facts.install import elf_machine, install_plan, parse_os_release
+from virtdoctor.facts.install import NOT_INSTALLED, elf_machine, install_plan, parse_os_release
 from virtdoctor.facts.libvirt import RecordedLibvirt
 from virtdoctor.model import Auto, Pass, Status
 
@@ -149,13 +149,13 @@ def test_need_libvirt_installed_skips_with_one_reason(tmp_path):
     root = bare(tmp_path, "bare-debian12")
     chk = check("needs-it", scope="host", area="t", title="t", needs=("libvirt-installed",))(lambda f: Pass())
     [f] = engine.run_check(chk, HostFacts(root=str(root), uri="qemu:///system"))
-    assert f.status is Status.SKIP and f.message == engine.NOT_INSTALLED
+    assert f.status is Status.SKIP and f.message == NOT_INSTALLED
     assert "libvirt-not-installed" in f.message
     # a libvirt connection that fails on a host without libvirt: the same one reason
     chk2 = check("needs-conn", scope="host", area="t", title="t", needs=("libvirt",))(lambda f: Pass())
     _, facts = finding(root)
     [f2] = engine.run_check(chk2, facts)
-    assert f2.message == engine.NOT_INSTALLED
+    assert f2.message == NOT_INSTALLED
 
 
 def test_need_libvirt_installed_met_runs_the_check(tmp_path):
@@ -186,12 +186,12 @@ def test_check_json_on_bare_debian(tmp_path, capsys):
     assert by_id["kvm-device-missing"]["status"] == "fail"
     assert "kvm_intel" in by_id["kvm-device-missing"]["message"]
     # every check that needs libvirt skips with the same one reason, none gives its own advice
-    gated = [f for f in doc["findings"] if f["message"] == engine.NOT_INSTALLED]
+    gated = [f for f in doc["findings"] if f["message"] == NOT_INSTALLED]
     for f in gated:
         assert f["status"] == "skip" and f["fix"] is None
     for slug in GATED:
         if slug in by_id:
-            assert by_id[slug]["message"] == engine.NOT_INSTALLED, (slug, by_id[slug]["message"])
+            assert by_id[slug]["message"] == NOT_INSTALLED, (slug, by_id[slug]["message"])
 
 
 # host checks that judge an installed libvirt: they skip on a host without it

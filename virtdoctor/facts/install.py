@@ -31,6 +31,7 @@ import shlex
 import struct
 from dataclasses import dataclass, field
 
+NOT_INSTALLED = "libvirt is not installed on this host (libvirt-not-installed says what to install)"
 DAEMONS = ("libvirtd", "virtqemud")
 CLIENT = "virsh"
 # where distributions put the binaries: Debian /usr/sbin, Fedora /usr/sbin, Arch /usr/bin
