@@ -353,6 +353,28 @@ class HostFacts:
             self.libvirt_facts = LiveLibvirt(self.resolved_uri, timeout=self.timeout)
         return self.libvirt_facts
 
+    # -- networks and devices (catalogue part 2: networks, graphics, TPM, virtiofs, passthrough)
+    @cached_property
+    def netstate(self):
+        """Routes, addresses, listeners, sysctls, bridge helper (facts.netstate.NetState)."""
+        from virtdoctor.facts.netstate import NetState
+
+        return NetState(self)
+
+    @cached_property
+    def virtnets(self):
+        """libvirt's networks and the guests' NICs, parsed (facts.netstate.LibvirtNets)."""
+        from virtdoctor.facts.netstate import LibvirtNets
+
+        return LibvirtNets(self)
+
+    @cached_property
+    def devices(self):
+        """swtpm, virtiofsd, PCI/IOMMU, USB and hostdev claims (facts.devices.Devices)."""
+        from virtdoctor.facts.devices import Devices
+
+        return Devices(self)
+
     @cached_property
     def resolved_uri(self) -> str:
         from virtdoctor.facts.uri import resolve_uri
