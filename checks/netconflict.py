@@ -44,8 +44,8 @@ def _clashes(facts, net):
             elif r.dest.overlaps(subnet):
                 overlap.append((subnet, f"route {r.dest} on {r.iface}", r.iface))
         for other in facts.virtnets.networks:
-            if other.name == net.name:
-                continue
+            if other.name == net.name or (net.active and not other.active):
+                continue  # a running network is fine until the other one starts: reported on that one
             for oip in other.ips:
                 if oip.version == subnet.version and oip.network.overlaps(subnet):
                     # an active one shows up as a route on its bridge already
@@ -180,8 +180,10 @@ def dnsmasq_port_conflict(facts):
         held = []
         for s in bad:
             procs = owners.get(s.inode, [])
-            if procs and all(_libvirt_dnsmasq(o) for o in procs) and s.port == 67:
-                continue  # libvirt's dnsmasqs share the DHCP port (SO_REUSEADDR)
+            if procs and all(_libvirt_dnsmasq(o) for o in procs):
+                # libvirt's dnsmasqs share the DHCP port; one on this network's address
+                # means two networks on one subnet: network-subnet-conflict's case
+                continue
             held.append((s, procs))
         if not held:
             continue

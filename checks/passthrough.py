@@ -141,6 +141,16 @@ def _make_optional(missing_index):
     return edit
 
 
+def _drop(missing_index):
+    def edit(d):
+        hds = _hostdevs(d.root, "usb")
+        for i in sorted(missing_index, reverse=True):
+            if i < len(hds):
+                hds[i].getparent().remove(hds[i])
+        return "Remove the USB hostdev(s) this host cannot provide"
+    return edit
+
+
 @check("usb-hostdev-missing", scope="domain", area="passthrough", severity="error",
        title="The domain's USB host devices are plugged in", plans=True)
 def usb_hostdev_missing(facts, dom):
@@ -151,7 +161,10 @@ def usb_hostdev_missing(facts, dom):
     failed: Did not find USB device 1234:5678" (or "... could not be found at
     previous address (bus:1 device:4)").
     Fix safety: unsafe (the guest loses the device while it is absent):
-    startupPolicy='optional' on the source; or plug the device in."""
+    startupPolicy='optional' on the source; or plug the device in. On a host
+    without a USB bus (no /sys/bus/usb) even an optional device fails the
+    start ("cannot open directory '/sys/bus/usb/devices'"): the hostdev is
+    removed instead."""
     hds = _hostdevs(dom.root, "usb")
     if not hds:
         return Pass("no USB hostdev")
@@ -184,6 +197,14 @@ def usb_hostdev_missing(facts, dom):
         labels.append(label)
     if not missing:
         return Pass("USB host devices present (or optional)")
+    if not facts.devices.usb_bus:
+        # seen live on a host without USB: libvirt cannot even list devices, and
+        # startupPolicy='optional' does not help; only dropping the hostdev does
+        fix = redefine_plan(dom, _drop(missing), auto=Auto.UNSAFE,
+                            notes=["this host has no USB bus (/sys/bus/usb is absent): the device can never be found"])
+        return Fail(f"USB device(s) {', '.join(labels)} cannot be found: this host has no USB bus; the start fails with "
+                    "\"cannot open directory '/sys/bus/usb/devices': No such file or directory\"",
+                    {"missing": labels, "usb_bus": False}, plan=fix)
     text = f"Did not find USB device {labels[0]}"
     fix = redefine_plan(dom, _make_optional(missing), auto=Auto.UNSAFE,
                         notes=["or plug the device in (lsusb) and start the domain again"])

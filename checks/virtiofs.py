@@ -47,9 +47,12 @@ def virtiofsd_missing(facts, dom):
             continue
         found, why = facts.devices.virtiofsd()
         if found is None:
-            detail = f" ({'; '.join(why)})" if why else " (no descriptor of type fs)"
-            problems.append(f"no vhost-user descriptor names a usable virtiofsd{detail}: "
-                            "\"Unable to find a satisfying virtiofsd\"")
+            first = facts.devices.virtiofsd_candidates[:1]
+            # libvirt 9.0 takes the first fs descriptor and checks its binary at start (seen live)
+            text = (f"virtiofsd binary '{first[0]}' is not executable" if first
+                    else "Unable to find a satisfying virtiofsd")
+            detail = f" ({'; '.join(why)})" if why else " (no vhost-user descriptor of type fs)"
+            problems.append(f"no usable virtiofsd{detail}: \"{text}\"")
             notes.append("apt-get install qemu-system-common   # Debian 12: /usr/lib/qemu/virtiofsd and "
                          "/usr/share/qemu/vhost-user/50-qemu-virtiofsd.json")
     if not problems:

@@ -445,7 +445,7 @@ def test_virtiofsd_found_through_the_descriptor(fake_root):
                     '{"description": "QEMU virtiofsd vhost-user-fs", "type": "fs", "binary": "/usr/lib/qemu/virtiofsd"}')
     f = host(fake_root)
     r = one(virtiofs.virtiofsd_missing, f, domain_xml(devices=FS.format(binary="")))
-    assert r.status is Status.FAIL and "Unable to find a satisfying virtiofsd" in r.message
+    assert r.status is Status.FAIL and "virtiofsd binary '/usr/lib/qemu/virtiofsd' is not executable" in r.message
     assert "/usr/lib/qemu/virtiofsd does not exist" in r.message
     fake_root.write("/usr/lib/qemu/virtiofsd", "", 0o755)
     assert one(virtiofs.virtiofsd_missing, host(fake_root), domain_xml(devices=FS.format(binary=""))).status \
@@ -552,3 +552,14 @@ def test_hostdev_claimed_by_a_running_and_a_defined_domain(fake_root):
     assert r2.severity is Severity.WARNING and "PCI 0000:01:00.0 is also assigned to domain spare (autostart)" \
         in r2.message
     assert one(passthrough.hostdev_in_use, f, domain_xml("holder", devices=dev)).status is Status.PASS
+
+
+def test_usb_hostdev_on_a_host_without_usb_bus_is_dropped(fake_root):
+    f = host(fake_root)  # /sys/bus without usb: as on this test machine
+    r = one_defined(passthrough.usb_hostdev_missing, f, domain_xml(devices=USB.format(policy="", v="1234", p="5678")))
+    assert r.status is Status.FAIL and "cannot open directory '/sys/bus/usb/devices'" in r.message
+    assert r.plan.auto is Auto.UNSAFE and "Remove the USB hostdev" in r.plan.summary
+    from virtdoctor import domxml
+    dom = domxml.parse_domain(domain_xml(devices=USB.format(policy="", v="1234", p="5678")), "x.xml")
+    tree, _ = domxml.edit_copy(dom, passthrough._drop([0]))
+    assert "hostdev" not in domxml.serialise(tree)

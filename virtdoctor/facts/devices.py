@@ -201,6 +201,11 @@ class Devices:
                 out.append(VhostUserDescriptor(path, str(data.get("type", "")), str(data.get("binary", ""))))
         return out
 
+    @property
+    def virtiofsd_candidates(self) -> list[str]:
+        """The binaries of the fs descriptors, in libvirt's order."""
+        return [d.binary for d in self.vhost_user if d.type == "fs" and d.binary]
+
     def virtiofsd(self) -> tuple[str | None, list[str]]:
         """(the first usable virtiofsd, problems with the other candidates)."""
         problems = []
@@ -250,6 +255,11 @@ class Devices:
         return self.facts.exists(f"/dev/vfio/{group}")
 
     # -- USB ------------------------------------------------------------------------
+    @property
+    def usb_bus(self) -> bool:
+        """Whether /sys/bus/usb exists (libvirt lists /sys/bus/usb/devices to find a device)."""
+        return self.facts.exists("/sys/bus/usb/devices")
+
     @cached_property
     def usb_devices(self) -> list[UsbDevice]:
         base = "/sys/bus/usb/devices"
