@@ -353,6 +353,25 @@ class HostFacts:
             self.libvirt_facts = LiveLibvirt(self.resolved_uri, timeout=self.timeout)
         return self.libvirt_facts
 
+    # -- storage, run-time state, helper daemons (facts/storage.py, runstate.py, helperd.py)
+    @cached_property
+    def storage(self):
+        from virtdoctor.facts.storage import StorageFacts
+
+        return StorageFacts(self)
+
+    @cached_property
+    def runstate(self):
+        from virtdoctor.facts.runstate import RunState
+
+        return RunState(self)
+
+    @cached_property
+    def helperd(self):
+        from virtdoctor.facts.helperd import HelperDaemons
+
+        return HelperDaemons(self)
+
     @cached_property
     def resolved_uri(self) -> str:
         from virtdoctor.facts.uri import resolve_uri
