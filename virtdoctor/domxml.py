@@ -255,20 +255,79 @@ def remove_element(el: etree._Element) -> None:
     parent.remove(el)
 
 
-def append_child(parent: etree._Element, child: etree._Element) -> None:
-    """Append `child` as the last child, indented like its siblings."""
+def _indent_of(el: etree._Element) -> str:
+    prev = el.getprevious()
+    ws = prev.tail if prev is not None else (el.getparent().text if el.getparent() is not None else None)
+    if ws and "\n" in ws:
+        return ws.rsplit("\n", 1)[1]
+    return ""
+
+
+def append_child(parent: etree._Element, child: etree._Element) -> etree._Element:
+    """Append `child` as the last child, indented like its siblings (libvirt's
+    two-space indentation in a parent that had none); returns `child`."""
     if len(parent):
         last = parent[-1]
         child.tail, last.tail = last.tail, parent.text
+    else:
+        outer = _indent_of(parent)
+        parent.text = "\n" + outer + "  "
+        child.tail = "\n" + outer
     parent.append(child)
+    return child
 
 
-def insert_before(ref: etree._Element, child: etree._Element) -> None:
-    """Insert `child` just before `ref`, indented like `ref`."""
+def insert_before(ref: etree._Element, child: etree._Element) -> etree._Element:
+    """Insert `child` just before `ref`, indented like `ref`; returns `child`."""
     prev = ref.getprevious()
     indent = prev.tail if prev is not None else ref.getparent().text
     ref.addprevious(child)
     child.tail = indent
+    return child
+
+
+def element(tag: str, attrs: dict[str, str] | None = None, /, **kw: str) -> etree._Element:
+    """A new element `<tag k='v'...>` (for an edit), without the caller importing lxml."""
+    el = etree.Element(tag)
+    for k, v in {**(attrs or {}), **kw}.items():
+        el.set(k, str(v))
+    return el
+
+
+def fragment(xml: str) -> etree._Element:
+    """A new element tree from an XML fragment (`"<acpi/>"`), parsed with the
+    hardened parser; DomainXMLError when it is not one well-formed element."""
+    return parse_xml_document(xml, "XML fragment").getroot()
+
+
+def ensure_child(parent: etree._Element, tag: str, before: tuple[str, ...] = ()) -> etree._Element:
+    """`parent`'s `<tag>`, created when absent: before the first existing
+    sibling named in `before` (libvirt's element order), else appended."""
+    el = parent.find(tag)
+    if el is not None:
+        return el
+    el = etree.Element(tag)
+    for name in before:
+        ref = parent.find(name)
+        if ref is not None:
+            return insert_before(ref, el)
+    return append_child(parent, el)
+
+
+def is_q35(machine: str) -> bool:
+    """A Q35 machine type ('q35', 'pc-q35-7.2')."""
+    return machine == "q35" or machine.startswith("pc-q35")
+
+
+def enum_values(caps: etree._Element, xpath: str) -> list[str] | None:
+    """Values of a domcapabilities enum, None when the element is absent;
+    [] when the device is `supported='no'`."""
+    el = caps.find(xpath.rsplit("/enum", 1)[0])
+    if el is None:
+        return None
+    if el.get("supported") == "no":
+        return []
+    return [v.text.strip() for v in caps.iterfind(f"{xpath}/value") if v.text]
 
 
 def element_path(el: etree._Element) -> str:

@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 from virtdoctor.facts.files import ACL_XATTR
 from virtdoctor.model import Auto, ToolError
+from virtdoctor.root import Root
 
 DEFAULT_BACKUP_DIR = "/var/lib/virtdoctor/backups"
 LOCK_PATH = "/run/virtdoctor-fix.lock"
@@ -45,8 +46,20 @@ class Env:
     accounts: Any = None
     _conn: Any = None
 
-    def path(self, host_path: str) -> str:
-        return host_path if self.root in ("", "/") else os.path.join(self.root, host_path.lstrip("/"))
+    @property
+    def fs(self) -> Root:
+        return Root(self.root)
+
+    def path(self, host_path: str, *, follow: bool = True) -> str:
+        """The real path of a host path: below the root, symlinks resolved
+        inside it (virtdoctor.root), so nothing outside --root is written."""
+        return self.fs.real(host_path, follow=follow)
+
+    def resolve(self, host_path: str) -> str:
+        try:
+            return self.fs.resolve(host_path)
+        except Exception:  # a loop: the kernel reports it when the path is used
+            return host_path
 
     def command(self, argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
         if self.run is not None:
@@ -84,7 +97,10 @@ def _meta(real: str) -> dict[str, Any]:
 
 
 def backup_path(env: Env, host_path: str, record: list[dict]) -> None:
-    """Record a path's content (regular files and dirs' metadata) before change."""
+    """Record a path's content (regular files and dirs' metadata) before change.
+    The path is recorded resolved inside the root, so the restore works on
+    exactly what was changed (never on a symlink leading elsewhere)."""
+    host_path = env.resolve(host_path)
     real = env.path(host_path)
     if not os.path.lexists(real):
         # an action creating the path also creates its missing parents: record the
@@ -109,7 +125,7 @@ def backup_path(env: Env, host_path: str, record: list[dict]) -> None:
 
 
 def restore_path(env: Env, entry: dict) -> None:
-    real = env.path(entry["path"])
+    real = env.path(entry["path"], follow=False)
     if entry.get("absent"):
         if os.path.isdir(real) and not os.path.islink(real):
             shutil.rmtree(real, ignore_errors=True)

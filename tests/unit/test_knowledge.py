@@ -595,7 +595,7 @@ def test_scan_log_survives_binary_huge_lines_and_bad_utf8(kb, tmp_path):
 
 
 def test_scan_log_parallel_path_agrees_with_serial(kb, tmp_path, monkeypatch):
-    import virtdoctor.knowledge as knowledge
+    import virtdoctor.knowledge.scan as knowledge
 
     body = (LOG * 2000).encode()
     path = tmp_path / "big.log"

@@ -228,8 +228,10 @@ def fix_files(ctx, facts, checks, domains, *, unsafe: bool, backup_dir: str | No
     from virtdoctor.model import Auto, Status
 
     lookup = _common.knowledge_lookup(ctx)
-    env = remedy.Env(root="/")
-    base = backup_dir or remedy.DEFAULT_BACKUP_DIR
+    from virtdoctor.root import Root
+
+    env = remedy.Env(root="/")  # the input files are this machine's files, named as given
+    base = backup_dir or Root(ctx.root).real(remedy.DEFAULT_BACKUP_DIR)  # backups below --root
     outcomes: list[dict] = []
     for dom in domains:
         if not dom.extra.get("file"):

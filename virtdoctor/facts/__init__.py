@@ -26,6 +26,7 @@ from virtdoctor.facts.kvm import KvmProbe, probe_kvm
 from virtdoctor.facts.links import Link, read_links
 from virtdoctor.facts.procs import Proc, read_processes
 from virtdoctor.model import FactUnavailable
+from virtdoctor.root import Root
 
 __all__ = ["HostFacts", "FileInfo", "Account", "Group", "Proc", "Link", "KvmProbe", "Cmd",
            "QemuAccount", "FactUnavailable"]
@@ -84,41 +85,26 @@ class HostFacts:
     _conf_cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     # -- paths and files -------------------------------------------------
+    @cached_property
+    def fs(self) -> Root:
+        """The one Root of this run (virtdoctor.root): every path below --root."""
+        return Root(self.root)
+
     @property
     def is_live(self) -> bool:
         """True when facts describe the running machine (root is /)."""
-        return os.path.realpath(self.root) == "/"
+        return self.fs.is_live
 
     def path(self, host_path: str) -> str:
-        """The real path of a host path below the root."""
-        if not host_path.startswith("/"):
-            raise ValueError(f"host paths are absolute: {host_path!r}")
-        if self.root in ("", "/"):
-            return host_path
-        # ".." never climbs out of the root (paths come from domain XML, configs...)
-        return os.path.join(self.root, os.path.normpath(host_path).lstrip("/"))
+        """The real path of a host path below the root (links not resolved)."""
+        return self.fs.join(host_path)
 
     def _real(self, host_path: str, *, follow: bool = True) -> str:
-        """Like `path`, with symlinks inside the root resolved below the root (an
-        absolute link in a mounted image means that image's file, not this
-        machine's); with follow=False the last component stays unresolved."""
-        if self.root in ("", "/"):
-            return host_path
-        norm = os.path.normpath(host_path)
-        try:
-            if follow:
-                norm = _realpath_in_root(self, norm)
-            else:
-                norm = os.path.join(_realpath_in_root(self, os.path.dirname(norm)), os.path.basename(norm))
-        except FactUnavailable:  # a symlink loop: the kernel reports ELOOP on use
-            pass
-        return self.path(norm)
+        """The real path with symlinks inside the root resolved below the root."""
+        return self.fs.real(host_path, follow=follow)
 
     def host_path(self, real_path: str) -> str:
-        if self.root in ("", "/"):
-            return real_path
-        rel = os.path.relpath(real_path, self.root)
-        return "/" + ("" if rel == "." else rel)
+        return self.fs.host_path(real_path)
 
     def exists(self, host_path: str) -> bool:
         return os.path.lexists(self._real(host_path, follow=False))
@@ -201,8 +187,7 @@ class HostFacts:
                         owner=accounts.user_name(st.st_uid), group=accounts.group_name(st.st_gid))
 
     def realpath(self, host_path: str) -> str:
-        return self.host_path(os.path.realpath(self.path(host_path))) if self.root in ("", "/") \
-            else _realpath_in_root(self, host_path)
+        return self.fs.resolve(host_path)
 
     def which(self, name: str, extra: tuple[str, ...] = ()) -> str | None:
         """The host path of an executable named `name` in the usual bin dirs."""
@@ -372,6 +357,12 @@ class HostFacts:
 
         return HelperDaemons(self)
 
+    def domain_caps(self, dom):
+        """The domain capabilities (an lxml element) for `dom`'s emulator, arch,
+        machine and virt type, asked once per run; raises FactUnavailable."""
+        return self.libvirt.domcapabilities(dom.emulator, dom.arch or None, dom.machine or None,
+                                            dom.virt_type or None)
+
     @cached_property
     def resolved_uri(self) -> str:
         from virtdoctor.facts.uri import resolve_uri
@@ -388,21 +379,3 @@ def _documented_default(text: str) -> tuple[str | None, str | None]:
     group = re.search(r'^#[ \t]?group[ \t]*=[ \t]*"([^"]+)"', text, re.M)
     return (user.group(1) if user else None, group.group(1) if group else None)
 
-
-def _realpath_in_root(facts: HostFacts, host_path: str, depth: int = 0) -> str:
-    """Resolve symlinks of a host path inside the root (absolute links stay in it)."""
-    if depth > 40:
-        raise FactUnavailable(f"too many levels of symbolic links at {host_path}")
-    parts = [p for p in host_path.split("/") if p]
-    resolved = "/"
-    for i, part in enumerate(parts):
-        candidate = os.path.join(resolved, part)
-        real = facts.path(candidate)
-        if os.path.islink(real):
-            target = os.readlink(real)
-            base = target if target.startswith("/") else os.path.join(resolved, target)
-            rest = "/".join(parts[i + 1:])
-            joined = os.path.normpath(os.path.join(base, rest) if rest else base)
-            return _realpath_in_root(facts, joined, depth + 1)
-        resolved = os.path.normpath(candidate)
-    return resolved
