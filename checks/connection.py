@@ -16,11 +16,7 @@ TCP_PORT, TLS_PORT = 16509, 16514
 
 
 def _modular(facts) -> bool:
-    if T.alive(facts, "virtqemud") or facts.exists(f"{RUN_DIR}/virtqemud-sock"):
-        return True
-    if T.alive(facts, "libvirtd") or facts.exists(f"{RUN_DIR}/libvirt-sock"):
-        return False
-    return facts.which("libvirtd") is None and facts.which("virtqemud") is not None
+    return facts.daemon.mode == "modular"
 
 
 def _socket_settings(facts) -> dict:

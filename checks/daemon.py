@@ -22,18 +22,8 @@ MODULAR = ("virtqemud", "virtnetworkd", "virtstoraged")
 
 
 def running(facts, name: str) -> list:
-    """Processes named `name` that are alive: a zombie (state Z/X in /proc/PID/stat, e.g. a
-    daemon that just exited and that init has not reaped yet) is not a running daemon."""
-    out = []
-    for p in facts.process_named(name):
-        try:
-            stat = facts.read_text(f"/proc/{p.pid}/stat")
-        except Exception:
-            stat = None
-        if stat and ")" in stat and stat[stat.rindex(")") + 2:][:1] in ("Z", "X"):
-            continue
-        out.append(p)
-    return out
+    """Processes named `name` that are alive (facts.running: zombies are not running)."""
+    return facts.running(name)
 
 
 def socket_path(daemon: str) -> str:
@@ -41,16 +31,9 @@ def socket_path(daemon: str) -> str:
 
 
 def daemon_mode(facts) -> str:
-    """Which daemon serves qemu:///system here: "modular" when virtqemud is
-    running, or its socket exists, or libvirtd is not installed while virtqemud
-    is; "monolithic" otherwise (Debian 12 ships and starts libvirtd)."""
-    if running(facts, "virtqemud") or facts.exists(socket_path("virtqemud")):
-        return "modular"
-    if running(facts, "libvirtd") or facts.exists(socket_path(MONOLITHIC)):
-        return "monolithic"
-    if facts.which("libvirtd") is None and facts.which("virtqemud") is not None:
-        return "modular"
-    return "monolithic"
+    """Which daemon serves qemu:///system here: "modular" or "monolithic" (facts.daemon
+    decides, once: what runs, what sockets exist, what is installed)."""
+    return facts.daemon.mode
 
 
 def _uri(facts):

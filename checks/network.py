@@ -45,13 +45,9 @@ def interface_networks(root) -> list[str]:
 def network_users(facts) -> dict[str, list[str]]:
     """network name -> names of defined domains with a NIC on it."""
     users: dict[str, list[str]] = {}
-    for info in facts.libvirt.domains():
-        try:
-            root = _xml(info.xml)
-        except etree.XMLSyntaxError:
-            continue
-        for net in interface_networks(root):
-            users.setdefault(net, []).append(info.name)
+    for dom in facts.domains:  # parsed once per run by the facts layer
+        for net in interface_networks(dom.root):
+            users.setdefault(net, []).append(dom.name)
     return users
 
 
