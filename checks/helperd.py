@@ -11,6 +11,11 @@ from virtdoctor.api import Auto, Fail, FactUnavailable, Pass, RunCommand, Skip, 
 INIT_D = "/etc/init.d"
 
 
+def _manual(summary: str, *cmds: str):
+    """A manual plan: its commands are printed (never run by `fix`)."""
+    return plan(summary, Auto.MANUAL, *(RunCommand(shlex.split(c), summary=c) for c in cmds))
+
+
 def _start_plan(facts, name: str, why: str):
     """Start a helper daemon: its sysv init script when installed, else `NAME -d`."""
     script = f"{INIT_D}/{name}"
@@ -111,8 +116,8 @@ def disk_lease_conflict(facts, dom):
             out.append(Fail(f"disk {d.target}: {path} is leased by running domain {', '.join(running)}: the start "
                             f"fails with \"resource busy: Lockspace resource '{path}' is locked\"",
                             {"target": d.target, "path": path, "domains": running}, key=d.target,
-                            plan=plan(f"Stop {', '.join(running)} or give this domain its own disk", Auto.MANUAL,
-                                      notes=[f"virsh shutdown {n}" for n in running])))
+                            plan=_manual(f"Stop {', '.join(running)} or give this domain its own disk",
+                                         *(f"virsh shutdown {n}" for n in running))))
         elif others and not running:
             names = sorted({u.domain for u in others})
             out.append(Warn(f"disk {d.target}: {path} is also a writable disk of {', '.join(names)}: only one of them "
@@ -142,13 +147,14 @@ def hook_script(facts):
     out = []
     for h in hooks:
         ev = {"hook": h.path, "executable": h.executable, "interpreter": h.shebang}
-        fixplan = plan(f"Repair {h.path}, or move it out of /etc/libvirt/hooks and restart libvirtd", Auto.MANUAL,
-                       notes=[f"sh -x {h.path} ...  # run it by hand with the arguments from the error",
-                              f"mv {h.path} /root/{h.path.rsplit('/', 1)[-1]}.disabled; then restart libvirtd"])
+        fixplan = _manual(f"Run {h.path} by hand with the arguments from the error (sh -x shows where it fails) and "
+                          "repair it, or move it out of /etc/libvirt/hooks; libvirt notices added or removed hooks "
+                          "only when the daemon restarts",
+                          f"ls -l {h.path}", f"mv {h.path} /root/{h.driver}-hook.disabled")
         if not h.executable or not h.regular:
             out.append(Warn(f"{h.path} is not an executable file: libvirt ignores it", ev, key=h.path,
-                            plan=plan(f"chmod +x {h.path} if it should run (then restart libvirtd), or remove it",
-                                      Auto.MANUAL)))
+                            plan=_manual(f"Make {h.path} executable if it should run (then restart libvirtd), or "
+                                         "remove it", f"chmod +x {h.path}")))
             continue
         if h.interpreter_ok is False:
             out.append(Fail(f"{h.path}: its interpreter {h.shebang} does not exist: every {h.driver} hook call fails "

@@ -5,7 +5,8 @@ from __future__ import annotations
 import posixpath
 import shlex
 
-from virtdoctor.api import Auto, Fail, FactUnavailable, Pass, Skip, Warn, check, hookimpl, plan, redefine_plan
+from virtdoctor.api import (Auto, Fail, FactUnavailable, Pass, RunCommand, Skip, Warn, check, hookimpl, plan,
+                            redefine_plan)
 
 IMAGES_DIR = "/var/lib/libvirt/images"
 
@@ -29,6 +30,11 @@ def _host(facts):
 
 def _q(p: str) -> str:
     return shlex.quote(p)
+
+
+def _manual(summary: str, *cmds: str, notes=()):
+    """A manual plan: its commands are printed (never run by `fix`)."""
+    return plan(summary, Auto.MANUAL, *(RunCommand(shlex.split(c), summary=c) for c in cmds), notes=list(notes))
 
 
 # -- backing chains ------------------------------------------------------------------
@@ -72,8 +78,8 @@ def backing_file_missing(facts, dom):
             if f and f.startswith("/") and facts.stat(f) is None:
                 out.append(Fail(f"disk {d.target}: the <backingStore> in the XML names {f}, which does not exist",
                                 {"target": d.target, "top": path, "backing": f}, key=f"{d.target}:{f}",
-                                plan=plan(f"Fix the <backingStore> of disk {d.target} (virsh edit {dom.label}) or "
-                                          f"restore {f}", Auto.MANUAL)))
+                                plan=_manual(f"Fix the <backingStore> of disk {d.target} or restore {f}",
+                                             f"virsh edit {dom.label}")))
         try:
             chain = facts.storage.chain(path)
         except FactUnavailable:
@@ -96,14 +102,13 @@ def backing_file_missing(facts, dom):
                     fmt = None
             new = cands[0] if cands else f"/path/to/{posixpath.basename(link.path)}"
             cmd = f"qemu-img rebase -u -f qcow2 -F {fmt or 'FORMAT'} -b {_q(new)} {_q(link.parent)}"
-            notes = [cmd]
-            if cands:
-                notes.insert(0, f"found {', '.join(cands)}: check it is the right image before rebasing")
-            notes.append(f"or restore the file at {link.path}")
-            notes.append(f"with {dom.label} shut off; -u only rewrites the name in the header")
+            found = (f"{', '.join(cands)} has that name: check it is the right image first; " if cands
+                     else f"no file named {posixpath.basename(link.path)} found here: put the real path in; ")
             out.append(Fail(msg, {"target": d.target, "top": path, "overlay": link.parent, "missing": link.path,
                                   "recorded": link.recorded, "candidates": cands}, key=f"{d.target}:{link.path}",
-                            plan=plan(f"Point {link.parent} at its backing file: {cmd}", Auto.MANUAL, notes=notes)))
+                            plan=_manual(f"Restore {link.path}, or point {link.parent} at its backing file with "
+                                         f"{dom.label} shut off ({found}-u only rewrites the name in the header)",
+                                         f"qemu-img info -U --backing-chain {_q(link.parent)}", cmd)))
             break
     return out or Pass(f"the backing chains of {checked} image(s) are complete" if checked else "no local image")
 
@@ -143,9 +148,9 @@ def backing_format_missing(facts, dom):
             probed = link.header.format
             deeper = bool(link.header.backing)
             cmd = f"qemu-img rebase -u -f qcow2 -F {probed} -b {_q(link.path)} {_q(link.parent)}"
-            notes = [cmd, f"with {dom.label} shut off; -u only records the name and format in the header",
-                     f"the format {probed} comes from {link.path}'s own header: trust it only if that image is "
-                     "yours (kbase/backing_chains: a probed format is a security risk)"]
+            summary = (f"Record the backing format with {dom.label} shut off (-u only writes the header); {probed} "
+                       f"comes from {link.path}'s own header: trust it only if that image is yours (a probed "
+                       "format is a security risk, kbase/backing_chains)")
             ev = {"target": d.target, "overlay": link.parent, "backing": link.path, "probed": probed,
                   "backing_has_backing": deeper}
             if probed != "raw" and deeper:
@@ -153,13 +158,13 @@ def backing_format_missing(facts, dom):
                                 f"{link.path} ({probed}, itself an overlay): the start fails with \"format of backing "
                                 f"image '{link.path}' of image '{link.parent}' was not specified in the image "
                                 "metadata\"", ev, key=f"{d.target}:{link.parent}",
-                                plan=plan(f"Record the backing format: {cmd}", Auto.MANUAL, notes=notes)))
+                                plan=_manual(summary, cmd)))
             else:
                 out.append(Warn(f"disk {d.target}: {link.parent} does not record the format of its backing file "
                                 f"{link.path}; libvirt 9.0.0 probes it ({probed}) because the chain ends there, but "
                                 "refuses once that file gets a backing file of its own, and newer tools may refuse "
                                 "outright", ev, key=f"{d.target}:{link.parent}",
-                                plan=plan(f"Record the backing format: {cmd}", Auto.MANUAL, notes=notes)))
+                                plan=_manual(summary, cmd)))
     return out or Pass(f"{checked} image chain(s) record their formats" if checked else "no local image")
 
 
@@ -276,18 +281,17 @@ def image_write_locked(facts, dom):
             out.append(Fail(f"disk {d.target}: {path} is locked by {who}{dom_hint}: QEMU fails with \"Failed to get "
                             f"\"write\" lock\" / \"Is another process using the image [{path}]?\"", ev,
                             key=d.target,
-                            plan=plan(f"Stop the other user of {path}: {who}", Auto.MANUAL,
-                                      notes=[*(f"virsh shutdown {u.domain}" for u in running),
-                                             *(f"ps -o pid,args -p {h.pid}  # then stop it (e.g. kill {h.pid}) "
-                                               "if it should not hold the image" for h in holders if not running),
-                                             "read-only inspection: qemu-img info -U (--force-share)",
-                                             "deliberate sharing: <shareable/> with raw format and cache='none'"])))
+                            plan=_manual(f"Stop the other user of {path} ({who}); never clear the lock. Read-only "
+                                         "inspection: qemu-img info -U; deliberate sharing: <shareable/> with raw "
+                                         "format and cache='none'",
+                                         *(f"virsh shutdown {u.domain}" for u in running),
+                                         *(f"ps -o pid,args -p {h.pid}" for h in holders if not running))))
         elif running:
             names = ", ".join(sorted({u.domain for u in running}))
             out.append(Fail(f"disk {d.target}: {path} is also a writable disk of running domain {names}", ev,
                             key=d.target,
-                            plan=plan(f"Shut down {names} first, or give this domain its own disk image",
-                                      Auto.MANUAL, notes=[f"virsh shutdown {u.domain}" for u in running])))
+                            plan=_manual(f"Shut down {names} first, or give this domain its own disk image",
+                                         *(f"virsh shutdown {u.domain}" for u in running))))
         elif others:
             names = ", ".join(sorted({u.domain for u in others}))
             out.append(Warn(f"disk {d.target}: {path} is also a writable disk of domain {names}: the second one to "
@@ -338,12 +342,11 @@ def nfs_root_squash(facts, dom):
             out.append(Fail(f"disk {d.target}: {path} is on NFS ({m.device} at {m.point}), owned by {info.owner}:"
                             f"{info.group} {info.mode_text}; libvirt's chown to {q.label} fails on a root_squash "
                             f"export, so QEMU gets \"Could not open '{path}': Permission denied\"", ev, key=d.target,
-                            plan=plan("Make the image usable by QEMU's account on the NFS server", Auto.MANUAL,
-                                      notes=[f"on the server: chown {q.uid}:{q.gid if q.gid is not None else q.uid} "
-                                             f"<exported path of {posixpath.basename(path)}>",
-                                             f"or export {m.device.split(':', 1)[-1]} with no_root_squash "
-                                             "(/etc/exports), then exportfs -ra",
-                                             "keep QEMU's uid/gid equal on every host sharing the export"])))
+                            plan=_manual(f"On the NFS server {m.device.split(':', 1)[0]}: chown {posixpath.basename(path)} "
+                                         f"to {q.uid}:{q.gid if q.gid is not None else q.uid} in "
+                                         f"{m.device.split(':', 1)[-1]}, or export it with no_root_squash "
+                                         "(/etc/exports, then exportfs -ra); keep QEMU's uid/gid equal on every "
+                                         "host sharing the export", f"findmnt -T {_q(path)}", f"ls -ln {_q(path)}")))
     if on_nfs and q.uid is not None and q.user == "libvirt-qemu" and q.uid != 64055:
         out.append(Warn(f"QEMU's user libvirt-qemu has uid {q.uid}, not Debian's fixed 64055: images on NFS owned "
                         "by 64055 on other hosts are not its own here (migration breaks)",

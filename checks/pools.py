@@ -13,6 +13,11 @@ LOW_PCT = 95.0  # warning
 MIN_FREE = 256 << 20  # less than this available is full whatever the percentage
 
 
+def _manual(summary: str, *cmds: str, notes=()):
+    """A manual plan: its commands are printed (never run by `fix`)."""
+    return plan(summary, Auto.MANUAL, *(RunCommand(shlex.split(c), summary=c) for c in cmds), notes=list(notes))
+
+
 def _virsh(facts, *args: str) -> list[str]:
     return ["virsh", "-c", facts.resolved_uri, *args]
 
@@ -106,10 +111,9 @@ def pool_inactive_domain(facts, dom):
         if pool is None:
             out.append(Fail(f"disk {d.target}: pool {pool_name} is not defined: the start fails with \"Storage pool "
                             f"not found: no storage pool with matching name '{pool_name}'\"", ev, key=d.target,
-                            plan=plan(f"Define pool {pool_name} again (virsh pool-define-as ...) or point disk "
-                                      f"{d.target} at a file", Auto.MANUAL,
-                                      notes=[f"virsh pool-define-as {pool_name} dir --target /path/to/dir",
-                                             f"virsh pool-start {pool_name}", f"virsh pool-autostart {pool_name}"])))
+                            plan=_manual(f"Define pool {pool_name} again or point disk {d.target} at a file",
+                                         f"virsh pool-define-as {pool_name} dir --target /path/to/dir",
+                                         f"virsh pool-start {pool_name}", f"virsh pool-autostart {pool_name}")))
         elif not pool.active:
             out.append(Fail(f"disk {d.target}: pool {pool_name} is not active: the start fails with \"unsupported "
                             f"configuration: storage pool '{pool_name}' containing volume '{vol}' is not active\"",
@@ -149,8 +153,8 @@ def pool_target_missing(facts):
             if not facts.exists(f"/dev/{vg}") and not p.active:
                 out.append(Fail(f"logical pool {p.name}: volume group {vg} is not there (/dev/{vg} missing)",
                                 {"pool": p.name, "vg": vg}, key=p.name,
-                                plan=plan(f"Attach the disk holding volume group {vg} and activate it "
-                                          f"(vgchange -ay {vg}), then virsh pool-start {p.name}", Auto.MANUAL)))
+                                plan=_manual(f"Attach the disk holding volume group {vg} and activate it, then "
+                                             "start the pool", f"vgchange -ay {vg}", f"virsh pool-start {p.name}")))
             continue
         if p.type not in ("dir", "fs", "netfs") or not p.target:
             continue
@@ -164,8 +168,8 @@ def pool_target_missing(facts):
                 out.append(Warn(f"pool {p.name}: {target} lies on {fst.point} ({fst.device}, in /etc/fstab) which "
                                 f"is not mounted: the pool shows the empty directory below the mount point",
                                 {**ev, "fstab": fst.point}, key=p.name,
-                                plan=plan(f"Mount {fst.point}, then virsh pool-refresh {p.name}", Auto.MANUAL,
-                                          notes=[f"mount {shlex.quote(fst.point)}"])))
+                                plan=_manual(f"Mount {fst.point}, then refresh pool {p.name}",
+                                             f"mount {shlex.quote(fst.point)}", f"virsh pool-refresh {p.name}")))
             continue
         if info is not None:
             out.append(Fail(f"pool {p.name}: target {target} is not a directory", ev, key=p.name,
@@ -176,9 +180,9 @@ def pool_target_missing(facts):
                f"(\"cannot open directory '{target}': No such file or directory\")")
         parent = posixpath.dirname(target)
         if unmounted:
-            fix = plan(f"Mount {fst.point} ({fst.device}) from /etc/fstab, then virsh pool-start {p.name}; "
-                       "creating the directory would hide the missing mount", Auto.MANUAL,
-                       notes=[f"mount {shlex.quote(fst.point)}", f"virsh pool-start {p.name}"])
+            fix = _manual(f"Mount {fst.point} ({fst.device}) from /etc/fstab, then start pool {p.name}; "
+                          "creating the directory would hide the missing mount",
+                          f"mount {shlex.quote(fst.point)}", f"virsh pool-start {p.name}")
             msg += f"; it lies on {fst.point}, which /etc/fstab lists and is not mounted"
         elif p.type == "dir" and facts.is_dir(parent):
             acts = [RunCommand(_virsh(facts, "pool-build", p.name), summary=f"virsh pool-build {p.name}")]
@@ -187,9 +191,9 @@ def pool_target_missing(facts):
             fix = plan(f"Create {target} with the pool's permissions (virsh pool-build {p.name})"
                        + ("" if p.active else " and start the pool"), Auto.SAFE, *acts)
         else:
-            fix = plan(f"Restore {target} (an external disk not plugged in? an unmounted share?) or point pool "
-                       f"{p.name} elsewhere, then virsh pool-start {p.name}", Auto.MANUAL,
-                       notes=[f"virsh pool-build {p.name}  # only if {target} is meant to be a plain directory"])
+            fix = _manual(f"Restore {target} (an external disk not plugged in? an unmounted share?) or point pool "
+                          f"{p.name} elsewhere, then start it; pool-build only if {target} is meant to be a "
+                          "plain directory", f"virsh pool-build {p.name}", f"virsh pool-start {p.name}")
         out.append(Fail(msg, ev, key=p.name, plan=fix))
     return out or Pass(f"{len(pools)} pool target(s) present" if pools else "no storage pool defined")
 
@@ -232,11 +236,10 @@ def _growth(facts, paths) -> int:
 
 
 def _space_plan(where: str, paths: list[str]):
-    notes = [f"df -h {shlex.quote(where)}", f"du -sh --apparent-size {shlex.quote(where)}/* | sort -h | tail"]
-    if paths:
-        notes.append("qemu-img info -U " + " ".join(shlex.quote(p) for p in paths[:3]) + "  # virtual vs disk size")
-    return plan(f"Free space on the filesystem of {where}, grow it, or move images elsewhere; virtdoctor never "
-                "deletes anything", Auto.MANUAL, notes=notes)
+    cmds = [f"df -h {shlex.quote(where)}", f"du -sh {shlex.quote(where)}"]
+    cmds += [f"qemu-img info -U {shlex.quote(p)}" for p in paths[:3]]
+    return _manual(f"Free space on the filesystem of {where}, grow it, or move images elsewhere (qemu-img info shows "
+                   "virtual against allocated size); virtdoctor never deletes anything", *cmds)
 
 
 @check("storage-space-exhausted", scope="host", area="storage", severity="error", needs=("libvirt",),

@@ -3,6 +3,7 @@ images that cannot be restored."""
 from __future__ import annotations
 
 import re
+import shlex
 
 from virtdoctor.api import Auto, Fail, FactUnavailable, Pass, RunCommand, Skip, Warn, check, hookimpl, plan
 
@@ -13,6 +14,11 @@ SHUTOFF_CRASHED = 3
 LOW_FREE = 256 << 20
 OOM_RE = re.compile(r"Out of memory: Killed process (\d+) \((qemu-system-[^)]*|qemu-kvm)\)")
 SIGNAL_RE = re.compile(r"terminating on signal (\d+) from pid (\d+) \(([^)]*)\)")
+
+
+def _manual(summary: str, *cmds: str, notes=()):
+    """A manual plan: its commands are printed (never run by `fix`)."""
+    return plan(summary, Auto.MANUAL, *(RunCommand(shlex.split(c), summary=c) for c in cmds), notes=list(notes))
 
 
 def _virsh(facts, *args: str) -> list[str]:
@@ -60,9 +66,10 @@ def paused_io_error(facts, dom):
            + (": " + "; ".join(details) if details else ""))
     ev = {"state": "paused", "reason": "I/O error", "disk_errors": errors, "full": full}
     if full or not errors:
-        fix = plan("Free space on (or repair) the storage under the failing disk, then resume the guest",
-                   Auto.MANUAL, notes=[*(f"df -h {p}" for p in full), f"virsh domblkerror {dom.name}",
-                                       f"virsh resume {dom.name}  # once the cause is gone"])
+        fix = _manual("Free space on (or repair) the storage under the failing disk, then resume the guest "
+                      "(it pauses again at once while the write still fails)",
+                      *(f"df -h {shlex.quote(p)}" for p in full), f"virsh domblkerror {dom.name}",
+                      f"virsh resume {dom.name}")
     else:
         fix = plan(f"Resume {dom.name} (its disks' filesystems have room again)", Auto.UNSAFE,
                    RunCommand(_virsh(facts, "resume", dom.name), summary=f"virsh resume {dom.name}"),
@@ -110,15 +117,13 @@ def _oom_lines(facts) -> list[str]:
 
 
 def _killed_plan(name: str, oom: bool):
-    notes = [f"tail -n 30 /var/log/libvirt/qemu/{name}.log"]
+    cmds = [f"tail -n 30 /var/log/libvirt/qemu/{name}.log", "dmesg -T"]
     if oom:
-        notes += ["grep MemAvailable /proc/meminfo; cat /proc/sys/vm/overcommit_memory",
-                  "lower the memory of running guests, add RAM or swap, or set <memtune><hard_limit>"]
-    else:
-        notes += ["dmesg | grep -i -e 'killed process' -e segfault  # who killed it",
-                  "look for a QEMU core dump (core_pattern) if it crashed"]
-    return plan("Find out why QEMU died (OOM killer, kill -9, crash) before restarting the guest", Auto.MANUAL,
-                notes=notes)
+        return _manual("The OOM killer chose QEMU: lower the memory of running guests, add RAM or swap, revisit "
+                       "overcommit, or set <memtune><hard_limit>, before restarting the guest",
+                       *cmds, "grep -e MemAvailable -e Committed_AS /proc/meminfo")
+    return _manual("Find out why QEMU died (kill -9 by someone, or a crash: look for a core dump per "
+                   "core_pattern) before restarting the guest", *cmds)
 
 
 @check("qemu-process-killed", scope="domain", area="lifecycle", severity="warning", needs=("libvirt",),
@@ -193,12 +198,11 @@ def managed_save(facts, dom):
     if img is None:
         return Pass("no managed-save image")
     name = dom.name
-    notes = [f"virsh managedsave-dumpxml {name}  # the config the saved state expects",
-             f"virsh managedsave-edit {name}  # make it match, then virsh start {name}",
-             f"virsh managedsave-remove {name}  # or virsh start --force-boot {name}: loses the saved RAM "
-             "(an unclean boot for the guest)"]
-    fix = plan(f"Restore a matching config for the saved state of {name}, or discard the saved state",
-               Auto.MANUAL, notes=notes)
+    fix = _manual(f"Compare the config the saved state expects with today's and make it match "
+                  f"(managedsave-edit), or discard the saved state (managedsave-remove, or start --force-boot): "
+                  "that loses the guest's RAM (an unclean boot)",
+                  f"virsh managedsave-dumpxml {name}", f"virsh managedsave-edit {name}",
+                  f"virsh managedsave-remove {name}")
     ev = {"path": img.path, "size": img.size, "complete": img.complete, "valid": img.valid}
     if not img.valid:
         return Fail(f"{img.path} is not a libvirt save image (no LibvirtQemudSave header): the start fails",

@@ -2,7 +2,9 @@
 disks) and external snapshots that libvirt 9.0.0 cannot revert to."""
 from __future__ import annotations
 
-from virtdoctor.api import Auto, FactUnavailable, Pass, Warn, check, hookimpl, plan
+import shlex
+
+from virtdoctor.api import Auto, FactUnavailable, Pass, RunCommand, Warn, check, hookimpl, plan
 
 # libvirt 9.0.0 (this host) refuses "revert to external snapshot not supported yet",
 # reproduced live; later releases gained the revert (not encoded: check the host's release)
@@ -24,12 +26,15 @@ def _pflash(dom) -> bool:
     return dom.is_efi or (loader is not None and loader.get("type") == "pflash")
 
 
+def _manual(summary: str, *cmds: str):
+    """A manual plan: its commands are printed (never run by `fix`)."""
+    return plan(summary, Auto.MANUAL, *(RunCommand(shlex.split(c), summary=c) for c in cmds))
+
+
 def _external_plan(name: str):
-    return plan("Take external snapshots instead (and know that libvirt 9.0.0 cannot revert to them: "
-                "see snapshot-revert-external)", Auto.MANUAL,
-                notes=[f"virsh snapshot-create-as {name} SNAP --disk-only --atomic",
-                       f"virsh snapshot-create-as {name} SNAP --memspec file=/var/lib/libvirt/qemu/snapshot/"
-                       f"{name}-SNAP.mem,snapshot=external --diskspec vda,snapshot=external --atomic"])
+    return _manual("Take external snapshots instead (--memspec adds the RAM for a full checkpoint), and know that "
+                   "libvirt 9.0.0 cannot revert to them (see snapshot-revert-external)",
+                   f"virsh snapshot-create-as {name} SNAP --disk-only --atomic")
 
 
 @check("snapshot-internal-uefi", scope="domain", area="snapshots", severity="warning", plans=True,
@@ -86,10 +91,10 @@ def internal_raw(facts, dom):
         return Warn(f"guest with internal snapshots ({', '.join(internal)}) has non-qcow2 disks {which}: the next "
                     f"internal snapshot fails with \"internal snapshot for disk {tgt} unsupported for storage type "
                     f"{fmt}\"", {"disks": bad, "internal": internal},
-                    plan=plan("Use external snapshots, exclude the disk (snapshot='no'), or convert it to qcow2",
-                              Auto.MANUAL, notes=[f"virsh snapshot-create-as {dom.label} SNAP --disk-only --atomic",
-                                                  f"qemu-img convert -O qcow2 SRC DST  # guest shut off; then "
-                                                  f"point disk {tgt} at DST with type='qcow2'"]))
+                    plan=_manual(f"Use external snapshots, exclude disk {tgt} (snapshot='no'), or convert it to qcow2 "
+                                 f"with the guest shut off and point disk {tgt} at the copy with type='qcow2'",
+                                 f"virsh snapshot-create-as {dom.label} SNAP --disk-only --atomic",
+                                 "qemu-img convert -O qcow2 SRC DST"))
     return Pass(f"non-qcow2 disks {which}: internal snapshots would be refused (\"internal snapshot for disk {tgt} "
                 f"unsupported for storage type {fmt}\"); use --disk-only external snapshots")
 
@@ -125,13 +130,11 @@ def revert_external(facts, dom):
     return Warn(f"external snapshots {names}: libvirt {ver or '9.0.0'} cannot revert to them (\"revert to external "
                 "snapshot not supported yet\"); plan a manual revert before you need it",
                 {"external": [s.name for s in ext], "libvirt": ver},
-                plan=plan("Revert by hand when needed: shut the guest down, point each disk back at the image the "
-                          "snapshot started from (its backing file), drop the snapshot metadata", Auto.MANUAL,
-                          notes=[f"virsh snapshot-dumpxml {name} SNAP  # the overlay files per disk",
-                                 f"virsh domblklist {name} --details",
-                                 f"virsh edit {name}  # <source file> back to the backing image",
-                                 f"virsh snapshot-delete {name} SNAP --metadata",
-                                 "or merge instead of reverting: virsh blockcommit NAME vda --active --pivot"]))
+                plan=_manual("Revert by hand when needed: shut the guest down, point each disk's <source file> back at "
+                             "the image the snapshot started from (the overlay's backing file), drop the snapshot's "
+                             "metadata; or merge instead (virsh blockcommit NAME vda --active --pivot)",
+                             f"virsh snapshot-dumpxml {name} {ext[-1].name}", f"virsh domblklist {name} --details",
+                             f"virsh edit {name}", f"virsh snapshot-delete {name} {ext[-1].name} --metadata"))
 
 
 @hookimpl

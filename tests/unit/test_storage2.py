@@ -56,13 +56,13 @@ def fdisk(path, target="vda", fmt="qcow2", extra=""):
             f"{extra}</disk>")
 
 
-def mkfacts(root, domains=(), pools=None, runtime=None):
+def mkfacts(root, domains=(), pools=None, runtime=None, processes=None):
     lv = RecordedLibvirt(domains=list(domains))
     if pools is not None:
         lv.pools_recorded = pools
     if runtime is not None:
         lv.runtime_recorded = runtime
-    return HostFacts(root=str(root), uri="qemu:///system", libvirt_facts=lv)
+    return HostFacts(root=str(root), uri="qemu:///system", libvirt_facts=lv, processes_override=processes)
 
 
 def info(name, xml, state=5, reason=0, active=False):
@@ -164,7 +164,7 @@ def test_pool_target_missing_build_only_plain_dirs(root):
     assert by["gone"].plan.auto is Auto.SAFE
     assert [a.argv[-2:] for a in by["gone"].plan.actions] == [["pool-build", "gone"], ["pool-start", "gone"]]
     assert "cannot open directory '/srv/gone': No such file or directory" in by["gone"].message
-    assert by["usb"].plan.auto is Auto.MANUAL and "mount /mnt/usb" in by["usb"].plan.notes[0]
+    assert by["usb"].plan.auto is Auto.MANUAL and by["usb"].plan.commands[0] == "mount /mnt/usb"
 
 
 def test_space_exhausted_full_and_overcommitted(root):
@@ -194,8 +194,8 @@ def test_backing_file_missing_names_a_rebase_with_a_found_candidate(root):
     assert r.status is Status.FAIL
     assert ("Cannot access backing file '/old/place/base.qcow2' of storage file "
             f"'{IMG}/top.qcow2' (as uid:64055, gid:64055): No such file or directory") in r.message
-    assert r.plan.auto is Auto.MANUAL and not r.plan.actions
-    assert f"qemu-img rebase -u -f qcow2 -F qcow2 -b {IMG}/base.qcow2 {IMG}/top.qcow2" in r.plan.summary
+    assert r.plan.auto is Auto.MANUAL
+    assert f"qemu-img rebase -u -f qcow2 -F qcow2 -b {IMG}/base.qcow2 {IMG}/top.qcow2" in r.plan.commands
 
 
 def test_backing_file_relative_name_resolves_against_the_overlay_dir(root):
@@ -218,7 +218,7 @@ def test_backing_format_missing_error_only_when_libvirt_refuses(root):
     assert r.status is Status.FAIL
     assert (f"format of backing image '{IMG}/base.qcow2' of image '{IMG}/top.qcow2' was not specified in the "
             "image metadata") in r.message
-    assert f"qemu-img rebase -u -f qcow2 -F qcow2 -b {IMG}/base.qcow2 {IMG}/top.qcow2" in r.plan.summary
+    assert r.plan.commands == [f"qemu-img rebase -u -f qcow2 -F qcow2 -b {IMG}/base.qcow2 {IMG}/top.qcow2"]
     [w] = run(I.backing_format_missing, mkfacts(root), dom_xml("vm", fdisk(f"{IMG}/top1.qcow2")))
     assert is_warn(w)
     assert status(run(I.backing_format_missing, mkfacts(root), dom_xml("vm", fdisk(f"{IMG}/base.qcow2")))) == [Status.PASS]
@@ -254,6 +254,7 @@ def test_image_write_locked_names_the_holder(root):
     [r] = run(I.image_write_locked, mkfacts(root, [info("vm", xml)]), xml, info("vm", xml))
     assert r.status is Status.FAIL and "pid 13857 (qemu-io -f qcow2 -c sleep 600000" in r.message
     assert 'Failed to get "write" lock' in r.message and r.plan.auto is Auto.MANUAL
+    assert r.plan.commands == ["ps -o pid,args -p 13857"]
     root.write("/proc/locks", "")
     other = info("other", dom_xml("other", fdisk(f"{IMG}/shared.qcow2")), state=1, active=True)
     [r] = run(I.image_write_locked, mkfacts(root, [info("vm", xml), other]), xml, info("vm", xml))
@@ -273,7 +274,7 @@ def test_nfs_root_squash(root):
         pytest.skip("running as uid 64055")
     [r] = run(I.nfs_root_squash, f, xml)
     assert r.status is Status.FAIL and "root_squash" in r.message and "Permission denied" in r.message
-    assert any("no_root_squash" in n for n in r.plan.notes)
+    assert "no_root_squash" in r.plan.summary and "filer" in r.plan.summary
     os.chmod(img, 0o666)
     assert status(run(I.nfs_root_squash, mkfacts(root), xml)) == [Status.PASS]
     local = dom_xml("vm", fdisk(f"{IMG}/x.qcow2"))
@@ -322,7 +323,7 @@ def test_managed_save_checks(root):
     root.write("/var/lib/libvirt/qemu/save/a.save", b"LibvirtQemudPart" + struct.pack("=II", 2, 100) + b"\0" * 200)
     [r] = run(R.managed_save, mkfacts(root, [inf]), xml, inf)
     assert r.status is Status.FAIL and "save image is incomplete" in r.message
-    assert any("managedsave-remove" in n for n in r.plan.notes) and r.plan.auto is Auto.MANUAL
+    assert "virsh managedsave-remove a" in r.plan.commands and r.plan.auto is Auto.MANUAL
     root.write("/var/lib/libvirt/qemu/save/a.save", b"LibvirtQemudSave" + struct.pack("=II", 2, 100) + b"\0" * 300)
     root.write("/var/log/libvirt/qemu/a.log",
                "2026-12-03 19:14:24.900+0000: starting up libvirt version: 9.0.0\n"
@@ -335,8 +336,7 @@ def test_managed_save_checks(root):
 # -- helper daemons and hooks -------------------------------------------------------------------
 def test_virtlogd_and_virtlockd(root):
     root.mkdir("/run/libvirt")
-    f = mkfacts(root)
-    f.processes_override = []
+    f = mkfacts(root, processes=[])
     [r] = run(H.virtlogd, f)
     assert r.status is Status.FAIL and "virtlogd-sock" in r.message and r.plan.auto is Auto.SAFE
     assert r.plan.actions[0].argv == ["virtlogd", "-d"]
@@ -345,8 +345,7 @@ def test_virtlogd_and_virtlockd(root):
     assert status(run(H.virtlockd, mkfacts(root))) == [Status.PASS]
     root.write("/etc/libvirt/qemu.conf", 'lock_manager = "lockd"\n')
     root.write("/etc/init.d/virtlockd", "#!/bin/sh\n", mode=0o755)
-    f = mkfacts(root)
-    f.processes_override = []
+    f = mkfacts(root, processes=[])
     [r] = run(H.virtlockd, f)
     assert r.status is Status.FAIL and r.plan.actions[0].argv == ["/etc/init.d/virtlockd", "start"]
 
@@ -406,4 +405,4 @@ def test_snapshot_checks(root):
     ext = {"r": RecordedRuntime(snapshots=[SnapshotInfo("e1", "no", (("vda", "external"),))])}
     [r] = run(S.revert_external, mkfacts(root, [rinf], runtime=ext), raw, rinf)
     assert is_warn(r) and "revert to external snapshot not supported yet" in r.message
-    assert any("snapshot-delete" in n for n in r.plan.notes)
+    assert "virsh snapshot-delete r e1 --metadata" in r.plan.commands
