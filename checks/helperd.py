@@ -43,9 +43,10 @@ def virtlogd(facts):
     """Looks at qemu.conf `stdio_handler` (absent: "logd"), the socket
     /run/libvirt/virtlogd-sock (exists, accepts a connect) and a virtlogd process.
     Why: with stdio_handler "logd" every domain start asks virtlogd for the log file;
-    without it no domain starts: "can't connect to virtlogd: Failed to connect socket
-    to '/run/libvirt/virtlogd-sock': No such file or directory" (a stale socket:
-    "Connection refused").
+    without it no domain starts: "Failed to connect socket to
+    '/run/libvirt/virtlogd-sock': No such file or directory" (seen live on 9.0.0; the
+    binary also has a "can't connect to virtlogd" prefix; a stale socket: "Connection
+    refused").
     Fix safety: safe: start virtlogd (its init script, else `virtlogd -d`)."""
     try:
         handler = facts.helperd.stdio_handler()
@@ -56,8 +57,8 @@ def virtlogd(facts):
     d, problem = _daemon_state(facts, "virtlogd")
     if problem is None:
         return Pass(f"virtlogd runs (pid {', '.join(map(str, d.pids))}), {d.socket} accepts connections")
-    return Fail(f"virtlogd is not available: {problem}; every domain start fails with \"can't connect to virtlogd: "
-                f"Failed to connect socket to '/run/libvirt/virtlogd-sock'\"",
+    return Fail(f"virtlogd is not available: {problem}; every domain start fails with \"Failed to connect socket to "
+                f"'/run/libvirt/virtlogd-sock': No such file or directory\"",
                 {"socket": d.socket, "pids": list(d.pids), "refused": d.refused, "stdio_handler": handler},
                 plan=_start_plan(facts, "virtlogd", "domain starts need it"))
 
