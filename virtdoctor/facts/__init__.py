@@ -458,6 +458,25 @@ class HostFacts:
                 continue
         return tuple(out)
 
+    # -- storage, run-time state, helper daemons (facts/storage.py, runstate.py, helperd.py)
+    @cached_property
+    def storage(self):
+        from virtdoctor.facts.storage import StorageFacts
+
+        return StorageFacts(self)
+
+    @cached_property
+    def runstate(self):
+        from virtdoctor.facts.runstate import RunState
+
+        return RunState(self)
+
+    @cached_property
+    def helperd(self):
+        from virtdoctor.facts.helperd import HelperDaemons
+
+        return HelperDaemons(self)
+
     # -- networks and devices (catalogue part 2: networks, graphics, TPM, virtiofs, passthrough)
     @cached_property
     def netstate(self):
@@ -485,6 +504,21 @@ class HostFacts:
         machine and virt type, asked once per run; raises FactUnavailable."""
         return self.libvirt.domcapabilities(dom.emulator, dom.arch or None, dom.machine or None,
                                             dom.virt_type or None)
+
+    # -- security drivers, memory (issue 11) ---------------------------------
+    @cached_property
+    def lsm(self):
+        """AppArmor/SELinux state, qemu.conf security_driver, denial records (facts.lsm)."""
+        from virtdoctor.facts.lsm import read_lsm
+
+        return read_lsm(self)
+
+    @cached_property
+    def memory(self):
+        """hugetlbfs mounts, huge page pools, meminfo, memlock limits (facts.memory)."""
+        from virtdoctor.facts.memory import read_memory
+
+        return read_memory(self)
 
     @cached_property
     def resolved_uri(self) -> str:
