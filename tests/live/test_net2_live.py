@@ -487,3 +487,56 @@ def test_virtiofs_on_a_session_uri_is_refused_and_found(session):
     [f] = findings(doc, "virtiofs-session-unsupported")
     assert f["status"] == "fail" and "virtiofs is not yet supported in session mode" in f["message"]
     assert f["fix"]["auto"] == "manual"
+
+
+# -- bridge-netfilter-forward-drop -------------------------------------------------------------------------
+@pytest.fixture
+def forward_policy():
+    """The filter table's FORWARD policy and the rules this test adds, put back afterwards."""
+    before = subprocess.run(["iptables", "-w", "5", "-S", "FORWARD"], capture_output=True, text=True,
+                            timeout=30, check=True).stdout
+    policy = next(l.split()[2] for l in before.splitlines() if l.startswith("-P FORWARD"))
+    yield policy
+    subprocess.run(["iptables", "-w", "5", "-P", "FORWARD", policy], check=True, timeout=30)
+    after = subprocess.run(["iptables", "-w", "5", "-S", "FORWARD"], capture_output=True, text=True,
+                           timeout=30).stdout
+    for rule in after.splitlines():
+        if rule.startswith("-A FORWARD") and "vdtest-" in rule and rule not in before:
+            subprocess.run(["iptables", "-w", "5", "-D", *rule.split()[1:]], timeout=30)
+
+
+def test_forward_drop_with_br_netfilter_cuts_a_bridged_guest(vm_xml, define_vm, run_virtdoctor, bridge_link,
+                                                             forward_policy):
+    with open("/proc/sys/net/bridge/bridge-nf-call-iptables") as fh:
+        assert fh.read().strip() == "1", "br_netfilter is loaded on this host"
+    br, name = "vdtest-ndfw0", "vdtest-nd-fw"
+    bridge_link(br)
+    dom = define_vm(vm_xml(name, virt_type="qemu", memory_mib=64,
+                           devices=f"<interface type='bridge'><source bridge='{br}'/><model type='virtio'/></interface>"))
+    rc, out = vd_json(run_virtdoctor, "check", "--only", "bridge-netfilter-forward-drop")
+    assert findings(out, "bridge-netfilter-forward-drop")[0]["status"] == "pass"  # policy ACCEPT here
+    subprocess.run(["iptables", "-w", "5", "-P", "FORWARD", "DROP"], check=True, timeout=30)
+    rc, out = vd_json(run_virtdoctor, "check", "--only", "bridge-netfilter-forward-drop")
+    [f] = findings(out, "bridge-netfilter-forward-drop")
+    assert f["status"] == "fail" and f"{br}: {name}" in f["message"] and f["fix"]["auto"] == "manual"
+    assert f["fix"]["commands"] == [f"iptables -I FORWARD -i {br} -o {br} -j ACCEPT"]
+    for command in f["fix"]["commands"]:  # the printed command
+        subprocess.run(command.split(), check=True, timeout=30)
+    rc, out = vd_json(run_virtdoctor, "check", "--only", "bridge-netfilter-forward-drop")
+    assert findings(out, "bridge-netfilter-forward-drop")[0]["status"] == "pass"
+    assert start_and_prove(dom).cpu_time_ns > 0
+
+
+# -- macvtap-host-isolation ---------------------------------------------------------------------------------
+def test_macvtap_on_the_uplink_is_reported(vm_xml, define_vm, run_virtdoctor):
+    uplink = next(l.split()[0] for l in open("/proc/net/route").read().splitlines()[1:]
+                  if l.split()[1] == "00000000")
+    name = "vdtest-nd-macvtap"
+    define_vm(vm_xml(name, virt_type="qemu", memory_mib=64,
+                     devices=f"<interface type='direct'><source dev='{uplink}' mode='bridge'/>"
+                             "<model type='virtio'/></interface>"))
+    rc, out = vd_json(run_virtdoctor, "check", "--only", "macvtap-host-isolation", "--domain", name)
+    [f] = findings(out, "macvtap-host-isolation", f"domain:{name}")
+    assert f["status"] == "fail" and f["severity"] == "info" and f"macvtap on {uplink}" in f["message"]
+    assert f["fix"]["commands"] == [f"virsh -c qemu:///system attach-interface {name} network default --model virtio "
+                                    "--config"]
