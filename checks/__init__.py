@@ -3,6 +3,7 @@ plugin implementing ``virtdoctor_checks``, exactly as a third-party plugin does.
 The order here is the order of areas in the report."""
 
 BUILTIN_PLUGINS = (
+    "virtdoctor.checks.install",     # a fresh host: libvirt and QEMU installed at all
     "virtdoctor.checks.daemon",      # daemon process, socket, log dir, qemu user, dbus
     "virtdoctor.checks.connection",  # URI, non-root access, TCP listening
     "virtdoctor.checks.tls",         # CA, server and client certificates

@@ -82,7 +82,7 @@ def _group_names(facts, gids) -> list[str]:
 
 
 @check("non-root-access", scope="host", area="connection", severity="warning",
-       title="Normal users can reach the system daemon")
+       title="Normal users can reach the system daemon", needs=("libvirt-installed",))
 def non_root_access(facts):
     """Looks at the system socket (mode, group, POSIX ACL), libvirtd.conf's unix_sock_group,
     unix_sock_rw_perms and auth_unix_rw, the polkit rules for org.libvirt.unix.manage, the
@@ -280,7 +280,7 @@ def _listen_state(facts) -> dict:
 
 
 @check("tcp-listen-disabled", scope="host", area="connection", severity="warning",
-       title="The daemon listens for remote clients when asked to")
+       title="The daemon listens for remote clients when asked to", needs=("libvirt-installed",))
 def tcp_listen_disabled(facts):
     """Looks at the daemon's arguments (--listen), listen_tls/listen_tcp/tcp_port/tls_port of
     its config, the libvirtd-tls/-tcp socket units and the ports in LISTEN state

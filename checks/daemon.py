@@ -47,7 +47,7 @@ def _has_systemd(facts) -> bool:
 
 
 @check("daemon-socket-missing", scope="host", area="daemon", severity="error",
-       title="The libvirt daemon runs and answers on its socket")
+       title="The libvirt daemon runs and answers on its socket", needs=("libvirt-installed",))
 def daemon_socket_missing(facts):
     """Looks at the daemon that serves the URI (monolithic libvirtd or modular
     virtqemud, by what runs, what sockets exist and what is installed), its
@@ -155,7 +155,7 @@ def log_dirs(facts) -> list[tuple[str, str]]:
 
 
 @check("daemon-log-dir-missing", scope="host", area="daemon", severity="error",
-       title="The daemon's log directory exists")
+       title="The daemon's log directory exists", needs=("libvirt-installed",))
 def daemon_log_dir_missing(facts):
     """Looks at the directories of the daemon's log files (log_outputs, else the
     default /var/log/libvirt/libvirtd.log) and of QEMU's domain logs.
@@ -197,7 +197,7 @@ DBUS_DAEMONS = ("dbus-daemon", "dbus-broker", "dbus-broker-lau")
 
 
 @check("qemu-user-missing", scope="host", area="daemon", severity="error",
-       title="The user and group QEMU runs as exist")
+       title="The user and group QEMU runs as exist", needs=("libvirt-installed",))
 def qemu_user_missing(facts):
     """Looks at `user` and `group` in /etc/libvirt/qemu.conf (or the build's default
     account, libvirt-qemu on Debian) against the root's /etc/passwd and /etc/group; a
@@ -371,7 +371,7 @@ def point_qemu_conf_at_account(finding, facts):
 
 
 @check("dbus-unavailable", scope="host", area="daemon", severity="warning",
-       title="The D-Bus system bus is reachable")
+       title="The D-Bus system bus is reachable", needs=("libvirt-installed",))
 def dbus_unavailable(facts):
     """Looks at the system bus socket /run/dbus/system_bus_socket and a dbus-daemon or
     dbus-broker process.
@@ -417,7 +417,7 @@ CONFIG_FILES = ("/etc/libvirt/libvirtd.conf", "/etc/libvirt/virtqemud.conf", "/e
 
 
 @check("config-syntax-error", scope="host", area="daemon", severity="error",
-       title="libvirt's configuration files parse")
+       title="libvirt's configuration files parse", needs=("libvirt-installed",))
 def config_syntax_error(facts):
     """Parses every libvirt configuration file that exists (libvirtd.conf, the
     modular daemons' files, qemu.conf, network.conf, libvirt.conf) with a port

@@ -151,7 +151,7 @@ def _network_actions(facts, names: list[str], missing: list[str]) -> tuple[list[
 # -- default-network-inactive (host) --------------------------------------------------
 @check("default-network-inactive", scope="host", area="network", severity="error",
        title="Networks used by domains (and 'default') are defined, active and autostarted",
-       needs=("libvirt",))
+       needs=("libvirt-installed", "libvirt"))
 def default_network_inactive(facts):
     """Looks at every network a defined domain's <interface type='network'>
     names, plus the 'default' network virt-install uses: defined, active,
@@ -268,7 +268,7 @@ def _install_command(facts, packages: list[str]) -> list[str]:
 
 
 @check("dnsmasq-missing", scope="host", area="network", severity="error",
-       title="dnsmasq is installed for libvirt's NAT/isolated networks")
+       title="dnsmasq is installed for libvirt's NAT/isolated networks", needs=("libvirt-installed",))
 def dnsmasq_missing(facts):
     """Looks for the dnsmasq binary on the daemon's search path and at which
     defined networks need it (DHCP, TFTP or DNS on a libvirt-managed bridge).
@@ -380,7 +380,7 @@ def _tool_users(facts, backend) -> dict[str, list[str]] | None:
 
 
 @check("firewall-ebtables-missing", scope="host", area="network", severity="error",
-       title="The firewall tools libvirt's networks need are installed")
+       title="The firewall tools libvirt's networks need are installed", needs=("libvirt-installed",))
 def firewall_ebtables_missing(facts):
     """Looks at the firewall backend (network.conf `firewall_backend` where
     libvirt has it, else libvirt 9.0's iptables/ip6tables/ebtables) and whether

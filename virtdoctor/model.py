@@ -16,7 +16,7 @@ from typing import Any
 # device nodes, a libvirt connection, logs, the live machine itself, root privileges. The
 # engine skips, with the reason, a check whose needs the facts source cannot feed
 # (`facts.unfed(need)`): a --root has no live processes, a sosreport no device nodes...
-NEEDS = ("files", "proc", "dev", "libvirt", "logs", "live", "root")
+NEEDS = ("files", "proc", "dev", "libvirt", "logs", "live", "root", "libvirt-installed")
 
 
 class Status(str, enum.Enum):

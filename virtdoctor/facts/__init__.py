@@ -127,12 +127,15 @@ class HostFacts:
             return f"no device nodes below --root {self.root}"
         if need == "logs":
             return None
+        if need == "libvirt-installed":
+            return self._libvirt_not_installed()
         if need == "libvirt":
             try:
                 err = self.libvirt.connect_error()
             except FactUnavailable as exc:
                 return str(exc)
-            return f"libvirt not reachable: {err}" if err else None
+            # a local URI that does not answer on a host without libvirt: the one reason
+            return (self._libvirt_not_installed(local_only=True) or f"libvirt not reachable: {err}") if err else None
         raise ValueError(f"unknown need {need!r} (one of {', '.join(NEEDS)})")
 
     # -- paths and files -------------------------------------------------
@@ -386,6 +389,28 @@ class HostFacts:
     def env(self, name: str, default: str | None = None) -> str | None:
         env = os.environ if self.environ is None else self.environ
         return env.get(name, default)
+
+    # -- what is installed (facts/install.py) -----------------------------
+    @cached_property
+    def installation(self):
+        """The distribution, libvirt's daemons and client, /etc/libvirt, the QEMU emulators."""
+        from virtdoctor.facts.install import read_installation
+
+        return read_installation(self)
+
+    def _libvirt_not_installed(self, *, local_only: bool = False) -> str | None:
+        """The one skip reason of every check that needs libvirt on a host without it."""
+        from virtdoctor.facts.install import NOT_INSTALLED
+
+        try:
+            if local_only:
+                from virtdoctor.facts.uri import parse_uri
+
+                if parse_uri(self.resolved_uri).is_remote:
+                    return None
+            return None if self.installation.libvirt_installed else NOT_INSTALLED
+        except Exception:
+            return None
 
     # -- KVM and libvirt --------------------------------------------------
     def kvm_probe(self) -> KvmProbe:

@@ -6,6 +6,7 @@ from typing import Iterable
 from virtdoctor.knowledge.patterns import Match, Pattern, analyse, match_with
 from virtdoctor.knowledge.scan import LogReport, LogScanner
 from virtdoctor.knowledge.schema import Entry
+from virtdoctor.knowledge.unwrap import variants
 
 
 class KnowledgeBase:
@@ -33,11 +34,18 @@ class KnowledgeBase:
     def _match_with(self, text: str, patterns: Iterable[Pattern]) -> dict[str, tuple[float, str]]:
         return match_with(text, patterns)
 
-    def match(self, text: str) -> list[Match]:
-        """Catalogue entries whose patterns occur in `text`, best first, each slug once."""
+    def match(self, text: str, *, unwrap: bool = True) -> list[Match]:
+        """Catalogue entries whose patterns occur in `text`, best first, each slug once.
+        With `unwrap` (the default) the message is also looked for inside what other tools
+        print around it (JSON, Python/Go reprs, log headers, hard-wrapped lines ...: see
+        :mod:`virtdoctor.knowledge.unwrap`); a slug keeps its best match over all readings."""
         if isinstance(text, bytes):
             text = text.decode("utf-8", "replace")
-        found = match_with(text, self.patterns)
+        found: dict[str, tuple[float, str]] = {}
+        for reading in (variants(text) if unwrap else [text]):
+            for slug, (score, line) in match_with(reading, self.patterns).items():
+                if slug not in found or score > found[slug][0]:
+                    found[slug] = (score, line)
         out = []
         for slug, (score, line) in found.items():
             e = self.entries[slug]

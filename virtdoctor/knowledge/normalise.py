@@ -10,6 +10,8 @@ import os
 import re
 from typing import Any
 
+from virtdoctor.knowledge.unwrap import _OLD_INTERNAL, _TRANSLATED_RE
+
 # libvirt 9.0.0 src/util/virerror.c, virErrorMsgStrings (the prefixes that matter here)
 PREFIXES: tuple[tuple[str, str], ...] = (
     ("internal error: ", "VIR_ERR_INTERNAL_ERROR"),
@@ -52,6 +54,8 @@ def parse_error(text: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if not lines:
         return out
+    # virsh's "error: " in any language it is translated into, and older wordings
+    lines = [_OLD_INTERNAL.sub("internal error: ", _TRANSLATED_RE.sub("error: ", ln)) for ln in lines]
     virsh = [ln[len("error: "):] for ln in lines if ln.startswith("error: ")]
     if virsh:
         out["virsh"] = virsh
