@@ -18,4 +18,10 @@ BUILTIN_PLUGINS = (
     "virtdoctor.checks.guest",       # CPU, clock, vCPUs, USB, tablet
     "virtdoctor.checks.display",     # graphics and video
     "virtdoctor.checks.nics",        # MAC addresses
+    "virtdoctor.checks.netconflict", # subnets, DNS/DHCP ports, forwarding, RA, br_netfilter, bridges, macvtap
+    "virtdoctor.checks.session",     # qemu:///session: the bridge helper
+    "virtdoctor.checks.graphics",    # fixed display ports, listen addresses
+    "virtdoctor.checks.tpm",         # swtpm tools and TPM state
+    "virtdoctor.checks.virtiofs",    # virtiofsd, shared memory, session mode
+    "virtdoctor.checks.passthrough", # IOMMU groups, hostdev claims, USB devices
 )

@@ -458,6 +458,28 @@ class HostFacts:
                 continue
         return tuple(out)
 
+    # -- networks and devices (catalogue part 2: networks, graphics, TPM, virtiofs, passthrough)
+    @cached_property
+    def netstate(self):
+        """Routes, addresses, listeners, sysctls, bridge helper (facts.netstate.NetState)."""
+        from virtdoctor.facts.netstate import NetState
+
+        return NetState(self)
+
+    @cached_property
+    def virtnets(self):
+        """libvirt's networks and the guests' NICs, parsed (facts.netstate.LibvirtNets)."""
+        from virtdoctor.facts.netstate import LibvirtNets
+
+        return LibvirtNets(self)
+
+    @cached_property
+    def devices(self):
+        """swtpm, virtiofsd, PCI/IOMMU, USB and hostdev claims (facts.devices.Devices)."""
+        from virtdoctor.facts.devices import Devices
+
+        return Devices(self)
+
     def domain_caps(self, dom):
         """The domain capabilities (an lxml element) for `dom`'s emulator, arch,
         machine and virt type, asked once per run; raises FactUnavailable."""
