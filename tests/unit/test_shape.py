@@ -120,13 +120,23 @@ def module_files() -> dict[str, Path]:
     return out
 
 
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
+        (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
 def import_graph() -> dict[str, set[str]]:
     """module -> the virtdoctor modules it imports (module level and inside functions)."""
     files = module_files()
     graph: dict[str, set[str]] = {m: set() for m in files}
     for mod, path in files.items():
         is_pkg = path.name == "__init__.py"
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        tree = ast.parse(path.read_text(), str(path))
+        typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and _is_type_checking(block.test)
+                       for stmt in block.body for n in ast.walk(stmt)}
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue  # `if TYPE_CHECKING:` imports never run
             targets = []
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
@@ -191,6 +201,12 @@ KNOWN_CYCLES = [
 def test_no_import_cycle():
     found = [c for c in cycles(import_graph()) if c not in KNOWN_CYCLES]
     assert not found, "import cycles among virtdoctor modules: " + "; ".join(" <-> ".join(c) for c in found)
+
+
+def test_type_checking_imports_are_not_edges(tmp_path, monkeypatch):
+    tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import a\nimport b\n")
+    block = next(n for n in ast.walk(tree) if isinstance(n, ast.If))
+    assert _is_type_checking(block.test)
 
 
 def test_cycle_finder_finds_cycles():
