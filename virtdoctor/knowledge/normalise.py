@@ -36,6 +36,8 @@ _CODE = dict(PREFIXES)
 # one regex for a daemon log line and one for a QEMU line, shared with the facts layer's log readers
 from virtdoctor.facts.logs import DAEMON_LINE as _DAEMON_RE  # noqa: E402
 from virtdoctor.facts.logs import QEMU_LINE as _QEMU_RE  # noqa: E402
+
+_HANDLER_RE = re.compile(r"libvirt: (?P<domain>[^:]*?) ?error : (?P<msg>.*)$")
 _STRERROR = {os.strerror(n): name for n, name in _errno.errorcode.items()}
 _ERRNO_RE = re.compile(": (" + "|".join(sorted((re.escape(s) for s in _STRERROR), key=len, reverse=True)) + r")\.?\s*$")
 
