@@ -34,22 +34,16 @@ from rich.markup import escape
 
 from virtdoctor import domxml
 from virtdoctor.commands import _common
+# the log readers live in the facts layer (one daemon-log regex for the whole program)
+from virtdoctor.facts.logs import (DAEMON_CONFS, DAEMON_LINE, DAEMON_LOG_BYTES, DAEMON_LOGS,  # noqa: F401
+                                   QEMU_LOG_BYTES, QEMU_LOG_DIR, START_MARK, START_SLACK, QemuLog,
+                                   daemon_log_paths, daemon_records, log_time as _log_time,
+                                   qemu_log_since_start)
 from virtdoctor.model import FactUnavailable, Finding, Severity, Status, ToolError, exit_status
 from virtdoctor.render import json as jsonr
 from virtdoctor.render.text import render_findings
 
-QEMU_LOG_DIR = "/var/log/libvirt/qemu"
 QEMU_CONF_DIR = "/etc/libvirt/qemu"
-DAEMON_LOGS = ("/var/log/libvirt/libvirtd.log", "/var/log/libvirt/virtqemud.log")
-DAEMON_CONFS = ("/etc/libvirt/libvirtd.conf", "/etc/libvirt/virtqemud.conf")
-QEMU_LOG_BYTES = 256 * 1024
-DAEMON_LOG_BYTES = 2 * 1024 * 1024
-
-# "2026-11-25 21:02:22.673+0000: starting up libvirt version: 9.0.0, ..." (src/qemu/qemu_process.c)
-START_MARK = re.compile(r"^(?P<ts>\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(?:\.\d+)?[+-]\d{4}): starting up libvirt version")
-# "2026-11-25 21:02:33.018+0000: 21630: error : qemuValidateDomainDef:1294 : ..." (src/util/virlog.c)
-DAEMON_LINE = re.compile(r"^(?P<ts>\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(?:\.\d+)?[+-]\d{4}): \d+: "
-                         r"(?P<level>debug|info|warning|error) : ")
 
 # ranking tiers (a cause's score is its tier plus at most 100 from the message match)
 CONFIRMED, ERROR_TEXT, LOG_AND_CHECK, DOMAIN_CHECK, HOST_CHECK, HINT = 3000, 2000, 1500, 1000, 500, 0
@@ -64,7 +58,6 @@ SOURCE_KIND = {"start": "direct", "connection": "direct", "qemu log": "direct",
                "daemon log, during the start": "window"}
 KIND_ORDER = {"direct": 2, "about": 1, "window": 0}
 KIND_WEIGHT = {"direct": 100, "about": 50, "window": 25}
-START_SLACK = _dt.timedelta(seconds=2)  # clock and log-write slack around a start attempt
 
 DEBUG_ADVICE = [
     "Nothing known matched. To see what libvirt does, enable debug logs:",
@@ -87,132 +80,6 @@ def add_parser(sub) -> None:
 
 
 # --------------------------------------------------------------------------- logs
-
-def _log_time(text: str) -> _dt.datetime | None:
-    """A daemon/QEMU-log timestamp ("2026-11-25 21:02:22.673+0000") as an aware datetime."""
-    for fmt in ("%Y-%m-%d %H:%M:%S.%f%z", "%Y-%m-%d %H:%M:%S%z"):
-        try:
-            return _dt.datetime.strptime(text, fmt)
-        except ValueError:
-            continue
-    return None
-
-
-@dataclass
-class QemuLog:
-    """The part of /var/log/libvirt/qemu/NAME.log written since the last start attempt."""
-
-    path: str
-    lines: list[str] = field(default_factory=list)  # the start mark and QEMU's output
-    command_lines: int = 0  # lines of environment and command line left out of `lines`
-    started: _dt.datetime | None = None  # time of the last "starting up" mark
-    attempts: int = 0  # start marks in the part read
-    problem: str | None = None  # why there is nothing to show
-
-    def fresh_since(self, when: _dt.datetime | None) -> bool:
-        """Whether the last start mark was written at or after `when` (None: no attempt made)."""
-        if when is None:
-            return True
-        return self.started is not None and self.started >= when - START_SLACK
-
-
-def qemu_log_since_start(facts, name: str) -> QemuLog:
-    """Lines of /var/log/libvirt/qemu/NAME.log since its last 'starting up libvirt version' mark
-    (libvirt appends one per start attempt; the log is never truncated by libvirt)."""
-    log = QemuLog(f"{QEMU_LOG_DIR}/{name}.log")
-    try:
-        text = facts.read_tail(log.path, QEMU_LOG_BYTES)
-    except FactUnavailable as exc:
-        log.problem = f"{exc} (QEMU's logs are readable by root only)"
-        return log
-    if text is None:
-        log.problem = f"{log.path} does not exist (the domain never reached QEMU here, or logs go elsewhere)"
-        return log
-    lines = text.splitlines()
-    starts = [i for i, line in enumerate(lines) if START_MARK.match(line)]
-    log.attempts = len(starts)
-    if starts:
-        first = starts[-1]
-        log.started = _log_time(START_MARK.match(lines[first]).group("ts"))
-        # libvirt writes the environment and the command line, one argument per line
-        # ending in " \\", the last one without: QEMU's own output follows
-        end = first + 1
-        while end < len(lines) and lines[end].endswith("\\"):
-            end += 1
-        if end > first + 1 and end < len(lines):
-            end += 1
-        log.command_lines = end - first - 1
-        log.lines = [lines[first]] + lines[end:]
-    else:
-        log.lines = lines
-    return log
-
-
-def daemon_log_paths(facts) -> list[str]:
-    """The daemon log files: the defaults plus every `N:file:PATH` of log_outputs in
-    libvirtd.conf / virtqemud.conf."""
-    paths = list(DAEMON_LOGS)
-    for conf in DAEMON_CONFS:
-        outputs = facts.conf_value(conf, "log_outputs", None)
-        if not isinstance(outputs, str):
-            continue
-        for item in outputs.split():
-            parts = item.split(":", 2)
-            if len(parts) == 3 and parts[1] == "file" and parts[2] not in paths:
-                paths.append(parts[2])
-    return paths
-
-
-def _mentions(name: str, uuid: str | None):
-    keys = [re.escape(k) for k in (name, uuid) if k]
-    return re.compile(r"(?<![\w.-])(?:" + "|".join(keys) + r")(?![\w-])")
-
-
-def daemon_records(facts, name: str, uuid: str | None, *, window: tuple | None = None,
-                   paths: list[str] | None = None) -> tuple[list[str], list[str]]:
-    """error/warning records of the daemon logs that name the domain (by name or UUID), or,
-    with `window=(since, until)`, that were written in that time span (libvirt's errors
-    rarely name the domain: `Cannot check QEMU binary ...`). A record is a daemon log line
-    plus its continuation lines (the QEMU tail libvirt quotes spans several lines).
-    Returns (lines, problems)."""
-    found: list[str] = []
-    problems: list[str] = []
-    mention = _mentions(name, uuid)
-    seen_any = False
-    for path in paths if paths is not None else daemon_log_paths(facts):
-        try:
-            text = facts.read_tail(path, DAEMON_LOG_BYTES)
-        except FactUnavailable as exc:
-            problems.append(str(exc))
-            continue
-        if text is None:
-            continue
-        seen_any = True
-        record: list[str] = []
-        keep = False
-        for line in text.splitlines() + [""]:
-            m = DAEMON_LINE.match(line)
-            if m or not line.strip():
-                if record and keep:
-                    found.extend(record)
-                record, keep = [], False
-                if not m:
-                    continue
-                if m.group("level") not in ("error", "warning"):
-                    continue
-                record = [line]
-                keep = bool(mention.search(line))
-                if not keep and window is not None:
-                    ts = _log_time(m.group("ts"))
-                    keep = ts is not None and window[0] - START_SLACK <= ts <= window[1] + START_SLACK
-            elif record:
-                record.append(line)
-                keep = keep or bool(mention.search(line))
-    if not seen_any and not problems:
-        problems.append("no daemon log file found (" + ", ".join(DAEMON_LOGS)
-                        + "): on systemd hosts see 'journalctl -u libvirtd -u virtqemud'")
-    return found, problems
-
 
 # --------------------------------------------------------------------------- ranking
 
@@ -339,91 +206,98 @@ def _now() -> _dt.datetime:
     return _dt.datetime.now(_dt.timezone.utc)
 
 
+@dataclass
+class Gathered:
+    """What diagnose collected before deciding anything."""
+
+    name: str
+    facts: object
+    info: object = None  # the libvirt domain info, None when unknown or unreachable
+    reach_error: str | None = None
+    domain: dict = field(default_factory=dict)  # the "domain" object of the report
+    start: dict | None = None
+    logs: dict = field(default_factory=dict)
+    texts: list[tuple[str, str]] = field(default_factory=list)  # (source, text) to match
+    findings: list[Finding] = field(default_factory=list)
+
+
+@dataclass
+class DiagnoseReport:
+    """The decision: ranked causes and the exit status, with what they were decided from."""
+
+    name: str
+    target: dict
+    domain: dict
+    start: dict | None
+    logs: dict
+    causes: list[dict]
+    findings: list[Finding]
+    status: int
+
+    def extra(self) -> dict:
+        """The command's own keys of the JSON document (after summary and findings)."""
+        out: dict = {"causes": self.causes, "domain": self.domain}
+        if self.start is not None:
+            out["start"] = self.start
+        out["logs"] = self.logs
+        if not self.causes:
+            out["advice"] = [line.replace("NAME", self.name) for line in DEBUG_ADVICE]
+        return out
+
+
 def run(args, ctx) -> int:
-    facts = ctx.facts()
-    name = args.name
     if args.lines < 0:
         raise ToolError("usage: --lines must be 0 or more")
+    kb = _knowledge_or_none(ctx)
+    gathered = gather(ctx, args.name, start=args.start, lines=args.lines)
+    report = decide(ctx, kb, gathered)
+    doc = jsonr.document("diagnose", report.target, report.findings, **report.extra())
+    if ctx.fmt == "json":
+        jsonr.dump(doc, ctx.out)
+    else:
+        _render(ctx, report.name, {"domain": report.domain, "start": report.start, "logs": report.logs},
+                report.causes, report.findings)
+    return report.status
+
+
+def _knowledge_or_none(ctx):
     try:
-        kb = ctx.knowledge
+        return ctx.knowledge
     except ToolError:
         raise
     except Exception:  # the knowledge module is missing or broken: rank by checks alone
-        kb = None
-    checks = list(ctx.registry.values())
-    info = None
-    reach_error = None
-    try:
-        info = facts.libvirt.domain(name)
-    except FactUnavailable as exc:
-        reach_error = str(exc)
-    if info is None and reach_error is None:
-        raise ToolError(f"no domain named {name!r} on {facts.resolved_uri} (see 'virsh list --all')")
+        return None
 
-    report: dict = {"domain": {"name": name}}
-    texts: list[tuple[str, str]] = []
+
+def gather(ctx, name: str, *, start: bool = False, lines: int = 20) -> Gathered:
+    """The domain's state, one start attempt (with `start`), its logs and the checks."""
+    facts = ctx.facts()
+    g = Gathered(name=name, facts=facts, domain={"name": name})
+    try:
+        g.info = facts.libvirt.domain(name)
+    except FactUnavailable as exc:
+        g.reach_error = str(exc)
+    if g.info is None and g.reach_error is None:
+        raise ToolError(f"no domain named {name!r} on {facts.resolved_uri} (see 'virsh list --all')")
     notes: list[str] = []
     offline_dom = None
-    if reach_error:
-        report["domain"]["error"] = reach_error
-        texts.append(("connection", reach_error))
+    if g.reach_error:
+        g.domain["error"] = g.reach_error
+        g.texts.append(("connection", g.reach_error))
         offline_dom, note = _offline_xml(facts, name)
         notes.append(note)
         if offline_dom is not None:
-            report["domain"]["config"] = offline_dom.source
+            g.domain["config"] = offline_dom.source
+    info = g.info
     if info is not None:
-        report["domain"].update({"state": info.state_name, "reason": info.reason_name,
-                                 "persistent": info.persistent, "autostart": info.autostart,
-                                 "uuid": info.uuid, "id": info.id if info.active else None})
-    start = None
-    window = None
-    if args.start:
-        if info is None:
-            start = {"attempted": False, "started": False,
-                     "error": f"not attempted: libvirt is not reachable ({reach_error})"}
-        elif info.active:
-            start = {"attempted": False, "started": True, "error": "already running"}
-        else:
-            from virtdoctor.facts.libvirt import start_domain
-
-            before = _now()
-            try:
-                ok, err = start_domain(facts.resolved_uri, name, timeout=max(60.0, facts.timeout))
-            except FactUnavailable as exc:
-                ok, err = False, str(exc)
-            window = (before, _now())
-            start = {"attempted": True, "started": ok, "error": "" if ok else err}
-            if err and not ok:
-                texts.insert(0, ("start", err))
-        report["start"] = start
-
-    qlog = qemu_log_since_start(facts, name)
-    fresh = qlog.fresh_since(window[0] if window else None)
-    uuid = info.uuid if info else None
-    named, dmn_problems = daemon_records(facts, name, uuid)
-    dmn_lines, during = named, []
-    if window is not None:
-        dmn_lines, _ = daemon_records(facts, name, uuid, window=window)
-        known = set(named)
-        during = [line for line in dmn_lines if line not in known]
-    report["logs"] = {
-        "qemu": qlog.lines[-args.lines:] if args.lines else [],
-        "qemu_started": qlog.started.isoformat() if qlog.started else None,
-        "qemu_current": fresh and not qlog.problem,
-        "qemu_command_lines": qlog.command_lines,
-        "daemon": tail_records(dmn_lines, args.lines),
-        "problems": [p for p in [qlog.problem, *dmn_problems, *notes] if p],
-    }
-    if qlog.lines:
-        texts.append(("qemu log" if fresh else "qemu log, earlier start", "\n".join(qlog.lines)))
-    if named:
-        texts.append(("daemon log", "\n".join(named)))
-    if during:
-        texts.append(("daemon log, during the start", "\n".join(during)))
-
+        g.domain.update({"state": info.state_name, "reason": info.reason_name,
+                         "persistent": info.persistent, "autostart": info.autostart,
+                         "uuid": info.uuid, "id": info.id if info.active else None})
+    window = _start_attempt(g, facts) if start else None
+    _gather_logs(g, facts, window, lines, notes)
     # the checks, on what the next start will use (fresh facts after a start attempt)
-    if start and start.get("attempted"):
-        facts = ctx.facts()
+    if g.start and g.start.get("attempted"):
+        facts = g.facts = ctx.facts()
     domains = []
     if info is not None:
         try:
@@ -433,24 +307,71 @@ def run(args, ctx) -> int:
         try:
             domains = [domxml.from_info(latest)]
         except ToolError as exc:
-            report["logs"]["problems"].append(f"libvirt's XML of {name} does not parse: {exc}")
+            g.logs["problems"].append(f"libvirt's XML of {name} does not parse: {exc}")
     elif offline_dom is not None:
         domains = [offline_dom]
-    findings = _common.run_checks(ctx, facts, checks, domains)
-    findings = [f for f in findings if not f.subject.startswith(("domain:", "xml:"))
-                or f.subject == f"domain:{name}"]
-    causes = rank(kb, message_matches(kb, texts), findings, name)
-    add_fix_commands(causes, ctx.registry, name, domain_known=info is not None)
+    findings = _common.run_checks(ctx, facts, list(ctx.registry.values()), domains)
+    g.findings = [f for f in findings if not f.subject.startswith(("domain:", "xml:"))
+                  or f.subject == f"domain:{name}"]
+    return g
 
-    extra = {"causes": causes, **report}
-    if not causes:
-        extra["advice"] = [line.replace("NAME", name) for line in DEBUG_ADVICE]
-    doc = jsonr.document("diagnose", _common.target(ctx, facts, domain=name), findings, **extra)
-    if ctx.fmt == "json":
-        jsonr.dump(doc, ctx.out)
+
+def _start_attempt(g: Gathered, facts):
+    """One real start (libvirt's error is the best evidence there is); the time window."""
+    info, window = g.info, None
+    if info is None:
+        g.start = {"attempted": False, "started": False,
+                   "error": f"not attempted: libvirt is not reachable ({g.reach_error})"}
+    elif info.active:
+        g.start = {"attempted": False, "started": True, "error": "already running"}
     else:
-        _render(ctx, name, report, causes, findings)
-    return _status(start, causes, findings)
+        from virtdoctor.facts.libvirt import start_domain
+
+        before = _now()
+        try:
+            ok, err = start_domain(facts.resolved_uri, g.name, timeout=max(60.0, facts.timeout))
+        except FactUnavailable as exc:
+            ok, err = False, str(exc)
+        window = (before, _now())
+        g.start = {"attempted": True, "started": ok, "error": "" if ok else err}
+        if err and not ok:
+            g.texts.insert(0, ("start", err))
+    return window
+
+
+def _gather_logs(g: Gathered, facts, window, lines: int, notes: list[str]) -> None:
+    qlog = qemu_log_since_start(facts, g.name)
+    fresh = qlog.fresh_since(window[0] if window else None)
+    uuid = g.info.uuid if g.info else None
+    named, dmn_problems = daemon_records(facts, g.name, uuid)
+    dmn_lines, during = named, []
+    if window is not None:
+        dmn_lines, _ = daemon_records(facts, g.name, uuid, window=window)
+        known = set(named)
+        during = [line for line in dmn_lines if line not in known]
+    g.logs = {
+        "qemu": qlog.lines[-lines:] if lines else [],
+        "qemu_started": qlog.started.isoformat() if qlog.started else None,
+        "qemu_current": fresh and not qlog.problem,
+        "qemu_command_lines": qlog.command_lines,
+        "daemon": tail_records(dmn_lines, lines),
+        "problems": [p for p in [qlog.problem, *dmn_problems, *notes] if p],
+    }
+    if qlog.lines:
+        g.texts.append(("qemu log" if fresh else "qemu log, earlier start", "\n".join(qlog.lines)))
+    if named:
+        g.texts.append(("daemon log", "\n".join(named)))
+    if during:
+        g.texts.append(("daemon log, during the start", "\n".join(during)))
+
+
+def decide(ctx, kb, g: Gathered) -> DiagnoseReport:
+    """Rank the causes (see `rank`) and the exit status (`_status`)."""
+    causes = rank(kb, message_matches(kb, g.texts), g.findings, g.name)
+    add_fix_commands(causes, ctx.registry, g.name, domain_known=g.info is not None)
+    return DiagnoseReport(name=g.name, target=_common.target(ctx, g.facts, domain=g.name), domain=g.domain,
+                          start=g.start, logs=g.logs, causes=causes, findings=g.findings,
+                          status=_status(g.start, causes, g.findings))
 
 
 def _status(start, causes, findings) -> int:
