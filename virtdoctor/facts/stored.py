@@ -117,12 +117,14 @@ def _first_xml_error(data: bytes) -> tuple[int | None, str | None]:
     """libxml2's first error (line, message): what libvirt's catchXMLError reports as FILE:LINE: MESSAGE."""
     from lxml import etree
 
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
     try:
-        etree.fromstring(data, etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False))
+        etree.fromstring(data, parser)
     except etree.XMLSyntaxError as exc:
-        first = exc.error_log[0] if len(exc.error_log) else None
-        if first is not None:
-            return first.line, first.message.strip()
+        # this parser's own log (the exception's may hold other documents' errors of this thread)
+        log = [e for e in parser.error_log if e.level_name in ("FATAL", "ERROR")]
+        if log:
+            return log[0].line, log[0].message.strip()
         return exc.lineno, _LINE_COL.sub("", exc.msg or "")
     return None, None
 
