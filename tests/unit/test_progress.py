@@ -48,3 +48,27 @@ def test_preflight_progress_on_a_terminal(tmp_path, monkeypatch, capsys):
     main(["--offline", "--format", "json", "preflight", str(xml)])
     assert json.loads(capsys.readouterr().out)["command"] == "preflight"
     assert "checking" in err.getvalue()
+
+
+def test_check_over_many_domains_gives_the_same_findings_with_progress(monkeypatch, fake_root):
+    """Domain by domain with progress on a terminal, the same findings in the same order."""
+    from virtdoctor import domxml
+    from virtdoctor.commands import _common
+    from virtdoctor.context import Context
+    from virtdoctor.cli import build_parser
+
+    xml = ("<domain type='kvm'><name>d{}</name><memory>65536</memory><os><type>hvm</type></os>"
+           "<devices><disk type='file' device='cdrom'><target dev='vdb' bus='virtio'/></disk></devices></domain>")
+    doms = [domxml.parse_domain(xml.format(i), f"d{i}", subject=f"domain:d{i}") for i in range(60)]
+    args = build_parser().parse_args(["--offline", "--root", str(fake_root), "check"])
+    quiet = Context(args, err=io.StringIO())
+    tty = Context(args, err=TTY())
+    checks = list(quiet.registry.values())
+    from virtdoctor import engine
+
+    plain = engine.run(checks, quiet.facts(), doms, _common.knowledge_lookup(quiet))  # all at once
+    shown = _common.run_checks(tty, tty.facts(), checks, doms)
+    assert [(f.id, f.subject, f.status) for f in shown] == [(f.id, f.subject, f.status) for f in plain]
+    assert len(plain) > 60 and "domains" in tty.err.getvalue()
+    _common.run_checks(quiet, quiet.facts(), checks, doms)
+    assert quiet.err.getvalue() == ""

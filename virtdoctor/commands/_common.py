@@ -75,5 +75,21 @@ def target(ctx, facts, **more) -> dict:
                        facts_source=source if source in FACTS_SOURCES else None, **more)
 
 
+PROGRESS_DOMAINS = 50  # domains from which `check` shows progress on a terminal
+
+
 def run_checks(ctx, facts, checks, domains, *, host: bool = True) -> list[Finding]:
-    return engine.run(checks, facts, domains, knowledge_lookup(ctx), host=host)
+    """The engine's run; over many domains on a terminal, domain by domain with progress on
+    stderr (the same findings in the same order: host checks, then each domain's)."""
+    lookup = knowledge_lookup(ctx)
+    domains = list(domains)
+    if len(domains) < PROGRESS_DOMAINS or not any(c.scope == "domain" for c in checks):
+        return engine.run(checks, facts, domains, lookup, host=host)
+    from virtdoctor.render.progress import tracker
+
+    findings = engine.run(checks, facts, [], lookup, host=host)
+    with tracker(ctx.err, "domains", len(domains)) as advance:
+        for dom in domains:
+            findings.extend(engine.run(checks, facts, [dom], lookup, host=False))
+            advance(1)
+    return findings
