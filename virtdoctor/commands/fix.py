@@ -57,7 +57,7 @@ def _plans(ctx, args):
     return facts, findings, items
 
 
-def _recheck(ctx, chk, subject, dom_name):
+def _recheck(ctx, chk, subject, dom_name, key=None):
     def recheck():
         fresh = ctx.facts()
         dom = None
@@ -68,6 +68,11 @@ def _recheck(ctx, chk, subject, dom_name):
             dom = domxml.from_info(info)
         results = [r for r in engine.run_check(chk, fresh, dom, _common.knowledge_lookup(ctx)) if r.subject == subject]
         bad = [r for r in results if r.status in (Status.FAIL, Status.ERROR)]
+        if key is not None and not any(r.status is Status.ERROR for r in bad):
+            # one of several keyed results (a pool, a network): only that one has to pass
+            bad = [r for r in bad if r.key == key]
+            if not bad:
+                return True, ""
         if bad:
             return False, bad[0].message
         if not any(r.status is Status.PASS for r in results):
@@ -126,7 +131,7 @@ def run(args, ctx) -> int:
                 if lock is None:
                     lock = remedy.FixLock(env.path(remedy.LOCK_PATH)).__enter__()
                 dom_name = dom.name if dom is not None else None
-                recheck = _recheck(ctx, chk, f.subject, dom_name)
+                recheck = _recheck(ctx, chk, f.subject, dom_name, f.key)
                 if _passes_now(recheck):
                     # the plan was made before the lock: another fix run (or a fix above in
                     # this one) repaired it meanwhile, and a stale plan must not run
