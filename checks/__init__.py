@@ -3,6 +3,7 @@ plugin implementing ``virtdoctor_checks``, exactly as a third-party plugin does.
 The order here is the order of areas in the report."""
 
 BUILTIN_PLUGINS = (
+    "virtdoctor.checks.install",     # a fresh host: libvirt and QEMU installed at all
     "virtdoctor.checks.daemon",      # daemon process, socket, log dir, qemu user, dbus
     "virtdoctor.checks.connection",  # URI, non-root access, TCP listening
     "virtdoctor.checks.tls",         # CA, server and client certificates
@@ -17,4 +18,10 @@ BUILTIN_PLUGINS = (
     "virtdoctor.checks.guest",       # CPU, clock, vCPUs, USB, tablet
     "virtdoctor.checks.display",     # graphics and video
     "virtdoctor.checks.nics",        # MAC addresses
+    "virtdoctor.checks.netconflict", # subnets, DNS/DHCP ports, forwarding, RA, br_netfilter, bridges, macvtap
+    "virtdoctor.checks.session",     # qemu:///session: the bridge helper
+    "virtdoctor.checks.graphics",    # fixed display ports, listen addresses
+    "virtdoctor.checks.tpm",         # swtpm tools and TPM state
+    "virtdoctor.checks.virtiofs",    # virtiofsd, shared memory, session mode
+    "virtdoctor.checks.passthrough", # IOMMU groups, hostdev claims, USB devices
 )

@@ -16,11 +16,7 @@ TCP_PORT, TLS_PORT = 16509, 16514
 
 
 def _modular(facts) -> bool:
-    if T.alive(facts, "virtqemud") or facts.exists(f"{RUN_DIR}/virtqemud-sock"):
-        return True
-    if T.alive(facts, "libvirtd") or facts.exists(f"{RUN_DIR}/libvirt-sock"):
-        return False
-    return facts.which("libvirtd") is None and facts.which("virtqemud") is not None
+    return facts.daemon.mode == "modular"
 
 
 def _socket_settings(facts) -> dict:
@@ -86,7 +82,7 @@ def _group_names(facts, gids) -> list[str]:
 
 
 @check("non-root-access", scope="host", area="connection", severity="warning",
-       title="Normal users can reach the system daemon", plans=True)
+       title="Normal users can reach the system daemon", needs=("libvirt-installed",), plans=True)
 def non_root_access(facts):
     """Looks at the system socket (mode, group, POSIX ACL), libvirtd.conf's unix_sock_group,
     unix_sock_rw_perms and auth_unix_rw, the polkit rules for org.libvirt.unix.manage, the
@@ -281,7 +277,7 @@ def _listen_state(facts) -> dict:
 
 
 @check("tcp-listen-disabled", scope="host", area="connection", severity="warning",
-       title="The daemon listens for remote clients when asked to", plans=True)
+       title="The daemon listens for remote clients when asked to", needs=("libvirt-installed",), plans=True)
 def tcp_listen_disabled(facts):
     """Looks at the daemon's arguments (--listen), listen_tls/listen_tcp/tcp_port/tls_port of
     its config, the libvirtd-tls/-tcp socket units and the ports in LISTEN state

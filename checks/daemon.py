@@ -18,18 +18,8 @@ MODULAR = ("virtqemud", "virtnetworkd", "virtstoraged")
 
 
 def running(facts, name: str) -> list:
-    """Processes named `name` that are alive: a zombie (state Z/X in /proc/PID/stat, e.g. a
-    daemon that just exited and that init has not reaped yet) is not a running daemon."""
-    out = []
-    for p in facts.process_named(name):
-        try:
-            stat = facts.read_text(f"/proc/{p.pid}/stat")
-        except Exception:
-            stat = None
-        if stat and ")" in stat and stat[stat.rindex(")") + 2:][:1] in ("Z", "X"):
-            continue
-        out.append(p)
-    return out
+    """Processes named `name` that are alive (facts.running: zombies are not running)."""
+    return facts.running(name)
 
 
 def socket_path(daemon: str) -> str:
@@ -37,16 +27,9 @@ def socket_path(daemon: str) -> str:
 
 
 def daemon_mode(facts) -> str:
-    """Which daemon serves qemu:///system here: "modular" when virtqemud is
-    running, or its socket exists, or libvirtd is not installed while virtqemud
-    is; "monolithic" otherwise (Debian 12 ships and starts libvirtd)."""
-    if running(facts, "virtqemud") or facts.exists(socket_path("virtqemud")):
-        return "modular"
-    if running(facts, "libvirtd") or facts.exists(socket_path(MONOLITHIC)):
-        return "monolithic"
-    if facts.which("libvirtd") is None and facts.which("virtqemud") is not None:
-        return "modular"
-    return "monolithic"
+    """Which daemon serves qemu:///system here: "modular" or "monolithic" (facts.daemon
+    decides, once: what runs, what sockets exist, what is installed)."""
+    return facts.daemon.mode
 
 
 def _uri(facts):
@@ -58,7 +41,7 @@ def _has_systemd(facts) -> bool:
 
 
 @check("daemon-socket-missing", scope="host", area="daemon", severity="error",
-       title="The libvirt daemon runs and answers on its socket", plans=True)
+       title="The libvirt daemon runs and answers on its socket", needs=("libvirt-installed",), plans=True)
 def daemon_socket_missing(facts):
     """Looks at the daemon that serves the URI (monolithic libvirtd or modular
     virtqemud, by what runs, what sockets exist and what is installed), its
@@ -165,7 +148,7 @@ def log_dirs(facts) -> list[tuple[str, str]]:
 
 
 @check("daemon-log-dir-missing", scope="host", area="daemon", severity="error",
-       title="The daemon's log directory exists", plans=True)
+       title="The daemon's log directory exists", needs=("libvirt-installed",), plans=True)
 def daemon_log_dir_missing(facts):
     """Looks at the directories of the daemon's log files (log_outputs, else the
     default /var/log/libvirt/libvirtd.log) and of QEMU's domain logs.
@@ -203,7 +186,7 @@ DBUS_DAEMONS = ("dbus-daemon", "dbus-broker", "dbus-broker-lau")
 
 
 @check("qemu-user-missing", scope="host", area="daemon", severity="error",
-       title="The user and group QEMU runs as exist", plans=True)
+       title="The user and group QEMU runs as exist", needs=("libvirt-installed",), plans=True)
 def qemu_user_missing(facts):
     """Looks at `user` and `group` in /etc/libvirt/qemu.conf (or the build's default
     account, libvirt-qemu on Debian) against the root's /etc/passwd and /etc/group; a
@@ -297,7 +280,7 @@ def point_qemu_conf_at_account(facts, qemu):
 
 
 @check("dbus-unavailable", scope="host", area="daemon", severity="warning",
-       title="The D-Bus system bus is reachable", plans=True)
+       title="The D-Bus system bus is reachable", needs=("libvirt-installed",), plans=True)
 def dbus_unavailable(facts):
     """Looks at the system bus socket /run/dbus/system_bus_socket and a dbus-daemon or
     dbus-broker process.
@@ -343,7 +326,7 @@ CONFIG_FILES = ("/etc/libvirt/libvirtd.conf", "/etc/libvirt/virtqemud.conf", "/e
 
 
 @check("config-syntax-error", scope="host", area="daemon", severity="error",
-       title="libvirt's configuration files parse", plans=True)
+       title="libvirt's configuration files parse", needs=("libvirt-installed",), plans=True)
 def config_syntax_error(facts):
     """Parses every libvirt configuration file that exists (libvirtd.conf, the
     modular daemons' files, qemu.conf, network.conf, libvirt.conf) with a port

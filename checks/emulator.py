@@ -36,7 +36,7 @@ def rom_package(name: str) -> str:
 
 # -- qemu-emulator-missing -----------------------------------------------------------
 @check("qemu-emulator-missing", scope="host", area="emulator", severity="error",
-       title="Every QEMU emulator in use exists and runs", needs=("libvirt",))
+       title="Every QEMU emulator in use exists and runs", needs=("libvirt-installed", "libvirt"))
 def qemu_emulator_missing_host(facts):
     """Looks at every emulator the capabilities offer and every `<emulator>`
     of the defined domains: it exists, is executable and answers `--version`
@@ -128,7 +128,7 @@ def _host_emulators(facts) -> tuple[list[tuple[str, str]], str]:
 
 
 @check("romfile-missing", scope="host", area="emulator", severity="error",
-       title="The ROM files QEMU's default devices load are installed")
+       title="The ROM files QEMU's default devices load are installed", needs=("libvirt-installed",))
 def romfile_missing_host(facts):
     """Looks in QEMU's firmware search path (`EMU -L help` on the live host,
     else Debian's /usr/share/qemu, /usr/share/seabios, /usr/lib/ipxe/qemu) for

@@ -32,7 +32,7 @@ def _uefi_package_cmd(arch: str) -> RunCommand:
 
 # -- uefi-firmware-missing ----------------------------------------------------------
 @check("uefi-firmware-missing", scope="host", area="firmware", severity="warning",
-       title="UEFI firmware and its descriptors are installed for the guest arches")
+       title="UEFI firmware and its descriptors are installed for the guest arches", needs=("libvirt-installed",))
 def uefi_firmware_missing_host(facts):
     """Looks at the firmware descriptors (/usr/share/qemu/firmware, overridden
     or masked by /etc/qemu/firmware), the files they name, and qemu.conf's

@@ -38,7 +38,7 @@ def udev_rule_grants(facts) -> str | None:
 
 
 @check("kvm-device-permission", scope="host", area="kvm", severity="error",
-       title="QEMU's account can open /dev/kvm read-write", plans=True)
+       title="QEMU's account can open /dev/kvm read-write", needs=("libvirt-installed",), plans=True)
 def kvm_device_permission(facts):
     """Looks at mode, owner, group and POSIX ACL of /dev/kvm against the user
     and groups QEMU runs as (qemu.conf user/group, else the built-in default,

@@ -43,13 +43,9 @@ def interface_networks(root) -> list[str]:
 def network_users(facts) -> dict[str, list[str]]:
     """network name -> names of defined domains with a NIC on it."""
     users: dict[str, list[str]] = {}
-    for info in facts.libvirt.domains():
-        try:
-            root = _xml(info.xml)
-        except etree.XMLSyntaxError:
-            continue
-        for net in interface_networks(root):
-            users.setdefault(net, []).append(info.name)
+    for dom in facts.domains:  # parsed once per run by the facts layer
+        for net in interface_networks(dom.root):
+            users.setdefault(net, []).append(dom.name)
     return users
 
 
@@ -107,7 +103,7 @@ def _network_actions(facts, names: list[str], missing: list[str]) -> tuple[list[
 # -- default-network-inactive (host) --------------------------------------------------
 @check("default-network-inactive", scope="host", area="network", severity="error",
        title="Networks used by domains (and 'default') are defined, active and autostarted",
-       needs=("libvirt",), plans=True)
+       needs=("libvirt-installed", "libvirt"), plans=True)
 def default_network_inactive(facts):
     """Looks at every network a defined domain's <interface type='network'>
     names, plus the 'default' network virt-install uses: defined, active,
@@ -220,7 +216,7 @@ def _install_command(facts, packages: list[str]) -> list[str]:
 
 
 @check("dnsmasq-missing", scope="host", area="network", severity="error",
-       title="dnsmasq is installed for libvirt's NAT/isolated networks", plans=True)
+       title="dnsmasq is installed for libvirt's NAT/isolated networks", needs=("libvirt-installed",), plans=True)
 def dnsmasq_missing(facts):
     """Looks for the dnsmasq binary on the daemon's search path and at which
     defined networks need it (DHCP, TFTP or DNS on a libvirt-managed bridge).
@@ -333,7 +329,7 @@ def _tool_users(facts, backend) -> dict[str, list[str]] | None:
 
 
 @check("firewall-ebtables-missing", scope="host", area="network", severity="error",
-       title="The firewall tools libvirt's networks need are installed", plans=True)
+       title="The firewall tools libvirt's networks need are installed", needs=("libvirt-installed",), plans=True)
 def firewall_ebtables_missing(facts):
     """Looks at the firewall backend (network.conf `firewall_backend` where
     libvirt has it, else libvirt 9.0's iptables/ip6tables/ebtables) and whether

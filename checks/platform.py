@@ -169,21 +169,11 @@ def enable_controller(name: str, how: str, mode: str, v2_mount: str | None):
 # -- IOMMU -------------------------------------------------------------------------------
 def _domains_with(facts, xpath: str) -> list[str]:
     """Defined domains whose XML has `xpath`; [] when libvirt is unreachable."""
-    from lxml import etree
-
     try:
-        infos = facts.libvirt.domains()
+        doms = facts.domains  # parsed once per run by the facts layer
     except FactUnavailable:
         return []
-    out = []
-    for info in infos:
-        try:
-            root = etree.fromstring(info.xml.encode(), etree.XMLParser(resolve_entities=False, no_network=True))
-        except etree.XMLSyntaxError:
-            continue
-        if root.xpath(xpath):
-            out.append(info.name)
-    return out
+    return [dom.name for dom in doms if dom.root.xpath(xpath)]
 
 
 @check("iommu-disabled", scope="host", area="platform", severity="info",
@@ -292,21 +282,15 @@ def _domcaps_secure(facts) -> dict[str, bool] | None:
 
 
 def _launch_security(facts) -> dict[str, str]:
-    from lxml import etree
-
     try:
-        infos = facts.libvirt.domains()
+        doms = facts.domains  # parsed once per run by the facts layer
     except FactUnavailable:
         return {}
     out = {}
-    for info in infos:
-        try:
-            root = etree.fromstring(info.xml.encode(), etree.XMLParser(resolve_entities=False, no_network=True))
-        except etree.XMLSyntaxError:
-            continue
-        ls = root.find("launchSecurity")
+    for dom in doms:
+        ls = dom.root.find("launchSecurity")
         if ls is not None:
-            out[info.name] = LAUNCH_TYPES.get(ls.get("type", ""), ls.get("type", "?"))
+            out[dom.name] = LAUNCH_TYPES.get(ls.get("type", ""), ls.get("type", "?"))
     return out
 
 

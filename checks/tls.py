@@ -36,7 +36,7 @@ def _pem_evidence(pem) -> dict:
 
 
 @check("tls-ca-missing", scope="host", area="tls", severity="error",
-       title="The CA certificate for TLS is present", plans=True)
+       title="The CA certificate for TLS is present", needs=("libvirt-installed",), plans=True)
 def tls_ca_missing(facts):
     """Looks at the CA certificate libvirt loads when TLS is in use (a TLS URI such as
     qemu://HOST/system, or a daemon with listen_tls and --listen): /etc/pki/CA/cacert.pem,
@@ -67,7 +67,7 @@ def tls_ca_missing(facts):
 
 
 @check("tls-server-cert-missing", scope="host", area="tls", severity="error",
-       title="The server certificate and key for TLS are present", plans=True)
+       title="The server certificate and key for TLS are present", needs=("libvirt-installed",), plans=True)
 def tls_server_cert_missing(facts):
     """Looks at the server certificate and key (/etc/pki/libvirt/servercert.pem,
     private/serverkey.pem, or cert_file/key_file of the daemon's config) when this host
@@ -93,7 +93,7 @@ def tls_server_cert_missing(facts):
 
 
 @check("tls-client-cert-missing", scope="host", area="tls", severity="error",
-       title="The client certificate and key for TLS are present", plans=True)
+       title="The client certificate and key for TLS are present", needs=("libvirt-installed",), plans=True)
 def tls_client_cert_missing(facts):
     """Looks at the client certificate and key a TLS URI needs
     (/etc/pki/libvirt/clientcert.pem and private/clientkey.pem as root,
@@ -130,7 +130,7 @@ def _time_problems(info, label: str, path: str, now: _dt.datetime) -> list[str]:
 
 
 @check("tls-cert-invalid", scope="host", area="tls", severity="error",
-       title="The TLS certificates are valid, signed by the CA, match their keys and names")
+       title="The TLS certificates are valid, signed by the CA, match their keys and names", needs=("libvirt-installed",))
 def tls_cert_invalid(facts):
     """Parses every TLS file that is in use or present (CA, server and client certificate
     and key): PEM format, validity dates, signature by the CA, key pair, and for the server

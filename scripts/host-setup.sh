@@ -7,7 +7,8 @@
 #   scripts/host-setup.sh                the real parts for live tests: libvirt daemon, QEMU,
 #                                        OVMF, dnsmasq; starts virtlogd and libvirtd when they
 #                                        are not running; gives /dev/kvm group kvm and mode 0660
-#                                        as udev would; defines and starts the "default" network.
+#                                        as udev would; defines and starts the "default" network;
+#                                        fills the tiny test guest's cache (tests/live/tinyguest.py).
 #
 # Idempotent: a re-run on a prepared host installs nothing and starts nothing.
 # Override the interpreter with PYTHON=... (the Makefile passes the one it builds .venv with).
@@ -15,7 +16,8 @@ set -euo pipefail
 
 PYTHON=${PYTHON:-python3}
 RUNTIME_PACKAGES=(libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils ovmf
-                  dnsmasq-base acl osinfo-db)
+                  dnsmasq-base acl osinfo-db
+                  prometheus prometheus-node-exporter)
 BUILD_PACKAGES=(pkg-config libvirt-dev gcc)
 
 say() { printf 'host-setup: %s\n' "$*"; }
@@ -119,6 +121,13 @@ ensure_default_network() {
     fi
 }
 
+prepare_tinyguest() {
+    # the tiny Linux guest of the live tests (tests/live/tinyguest.py): Debian's kernel,
+    # busybox-static and qemu-guest-agent fetched with apt-get download and unpacked into its
+    # cache, nothing installed on this host
+    "$PYTHON" "$(dirname "$0")/../tests/live/tinyguest.py"
+}
+
 network_active() {
     [ "$(virsh -q -c qemu:///system net-info default | awk '$1 == "Active:" {print $2}')" = yes ]
 }
@@ -134,6 +143,7 @@ case "${1:-}" in
         fix_kvm_node          # before libvirtd probes QEMU's capabilities
         start_daemons
         ensure_default_network
+        prepare_tinyguest
         say "ready: libvirtd $(virsh -q -c qemu:///system version --daemon 2>/dev/null | awk '/daemon/ {print $NF}'), /dev/kvm $( [ -e /dev/kvm ] && stat -c '%G %a' /dev/kvm || echo absent)"
         ;;
     *)

@@ -7,9 +7,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from virtdoctor.model import Severity
+from virtdoctor.model import NEEDS, Severity
 
 SCOPES = ("host", "domain", "uri")
+
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 
 
@@ -32,6 +33,9 @@ class Check:
             raise ValueError(f"check slug {self.slug!r} is not a slug (lower-case, digits, dashes)")
         if self.scope not in SCOPES:
             raise ValueError(f"check {self.slug}: scope must be one of {SCOPES}, not {self.scope!r}")
+        bad = [n for n in self.needs if n not in NEEDS]
+        if bad:
+            raise ValueError(f"check {self.slug}: unknown needs {bad} (one of {', '.join(NEEDS)})")
         self.doc = inspect.cleandoc(self.func.__doc__ or "")
 
     def __call__(self, *args: Any) -> Any:
@@ -51,8 +55,9 @@ def check(slug: str, *, scope: str, area: str, title: str, severity: str | Sever
           needs: tuple[str, ...] | list[str] = (), plans: bool = False) -> Callable[[Callable[..., Any]], Check]:
     """Declare a check. Host and uri checks are `func(facts)`, domain checks
     `func(facts, dom)`; they return one `Result` (Pass/Fail/Warn/Skip) or a list.
-    `needs` names facts the check cannot run without ("libvirt", "root"): when
-    they are missing the engine reports skip without calling the check.
+    `needs` names what the check cannot run without, from NEEDS ("files",
+    "proc", "dev", "libvirt", "logs", "live", "root"): when the facts source
+    cannot feed one the engine reports skip, with the reason, without calling it.
     `plans=True` says the check attaches its fix plan to each failure
     (`Fail(..., plan=plan(...))`), so `virtdoctor fix` can apply it."""
 

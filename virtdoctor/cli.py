@@ -15,6 +15,8 @@ import sys
 from virtdoctor import __version__
 from virtdoctor.context import Context
 from virtdoctor.model import ToolError
+from virtdoctor.render.formats import ALL as FORMATS
+from virtdoctor.render.formats import supported
 
 COMMANDS = ("check", "checks", "preflight", "diagnose", "fix", "explain")
 EXIT_TOOL = 3
@@ -35,7 +37,8 @@ def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
 
     add("-c", "--connect", metavar="URI", dest="uri", default=sup,
         help="libvirt URI (default: LIBVIRT_DEFAULT_URI, then qemu:///system as root, qemu:///session otherwise)")
-    add("--format", choices=("text", "json"), default="text" if defaults else sup, help="output format")
+    add("--format", choices=FORMATS, default="text" if defaults else sup,
+        help="output format (prometheus: check only; sarif: preflight only)")
     add("--root", metavar="DIR", default="/" if defaults else sup,
         help="read host files below DIR instead of / (a mounted image, a copied /etc)")
     add("--offline", action="store_true", default=False if defaults else sup,
@@ -69,17 +72,39 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     if "NO_COLOR" in os.environ:
         os.environ.setdefault("TERM", "dumb")
+    import time
+
+    started = time.time()
+    try:
+        rc = _main(argv)
+    except _Failed as failed:
+        from virtdoctor.render.formats import on_tool_error
+
+        on_tool_error(failed.args_ns, failed.message, sys.stdout, started, time.time() - started)
+        return EXIT_TOOL
+    return rc
+
+
+class _Failed(Exception):
+    def __init__(self, args_ns, message):
+        super().__init__(message)
+        self.args_ns, self.message = args_ns, message
+
+
+def _main(argv: list[str] | None) -> int:
+    args = None
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
         if not getattr(args, "command", None):
             parser.print_help()
             return EXIT_TOOL
+        supported(getattr(args, "format", "text"), args.command)
         ctx = Context.from_args(args)
         return args.run(args, ctx)
     except ToolError as exc:
         print(f"virtdoctor: {_one_line(exc)}", file=sys.stderr)
-        return EXIT_TOOL
+        raise _Failed(args, _one_line(exc)) from None
     except KeyboardInterrupt:
         print("virtdoctor: interrupted", file=sys.stderr)
         return EXIT_TOOL
@@ -89,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("VIRTDOCTOR_TRACEBACK"):
             raise
         print(f"virtdoctor: internal error: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
-        return EXIT_TOOL
+        raise _Failed(args, f"internal error: {type(exc).__name__}: {_one_line(exc)}") from None
 
 
 def _one_line(exc: BaseException) -> str:

@@ -38,20 +38,12 @@ def split_slugs(values: Iterable[str]) -> list[str]:
 
 
 def _unmet_need(chk: Check, facts) -> str | None:
+    """Why the facts source cannot feed one of the check's `needs` (the
+    facts object answers: `facts.unfed(need)`), None when it can."""
     for need in chk.needs:
-        if need == "libvirt":
-            try:
-                err = facts.libvirt.connect_error()
-            except FactUnavailable as exc:
-                return str(exc)
-            if err:
-                return f"libvirt not reachable: {err}"
-        elif need == "root":
-            if facts.euid != 0:
-                return "needs root"
-        elif need == "live":
-            if not facts.is_live:
-                return f"looks at the running machine, not at --root {facts.root}"
+        why = facts.unfed(need)
+        if why:
+            return why
     return None
 
 

@@ -12,6 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+# what a check may declare it needs (`@check(needs=...)`): files below the root, processes,
+# device nodes, a libvirt connection, logs, the live machine itself, root privileges. The
+# engine skips, with the reason, a check whose needs the facts source cannot feed
+# (`facts.unfed(need)`): a --root has no live processes, a sosreport no device nodes...
+NEEDS = ("files", "proc", "dev", "libvirt", "logs", "live", "root", "libvirt-installed")
+
+
 class Status(str, enum.Enum):
     PASS = "pass"
     FAIL = "fail"

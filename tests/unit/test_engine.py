@@ -1,6 +1,7 @@
 """engine.py: selection, isolation of crashing checks, skips, subjects, fix info."""
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
@@ -107,12 +108,10 @@ def test_unmet_needs_skip_without_calling_the_check(tmp_path):
     assert called == []
 
 
-def test_need_root(facts, monkeypatch):
+def test_need_root(facts):
     chk = host_check(lambda facts: Pass(), needs=("root",))
-    monkeypatch.setattr(HostFacts, "euid", property(lambda self: 1000))
-    assert run_check(chk, facts)[0].message == "needs root"
-    monkeypatch.setattr(HostFacts, "euid", property(lambda self: 0))
-    assert run_check(chk, facts)[0].status is Status.PASS
+    assert run_check(chk, dataclasses.replace(facts, euid=1000))[0].message == "needs root"
+    assert run_check(chk, dataclasses.replace(facts, euid=0))[0].status is Status.PASS
 
 
 def test_subjects_by_scope(facts):

@@ -133,15 +133,10 @@ def test_dangling_symlink_ca_is_missing_and_says_so(fake_root):
 
 
 def test_per_user_pki_dir_for_non_root_client(fake_root):
-    class UserFacts(HostFacts):
-        @property
-        def euid(self):
-            return 1000
-
     base(fake_root)
     fake_root.passwd([("root", 0, 0, "/root", "/bin/bash"), ("ann", 1000, 1000, "/home/ann", "/bin/bash")])
     fake_root.write("/home/ann/.pki/libvirt/clientcert.pem", "x")
-    f = UserFacts(root=str(fake_root), uri="qemu+tls://far.example/system", processes_override=[])
+    f = HostFacts(root=str(fake_root), uri="qemu+tls://far.example/system", processes_override=[], euid=1000)
     cp = T.client_paths(f, f.uri)
     assert cp.cert == "/home/ann/.pki/libvirt/clientcert.pem"   # per-user file present
     assert cp.key == T.CLIENT_KEY                                 # falls back file by file

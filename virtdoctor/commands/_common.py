@@ -46,23 +46,18 @@ def defined_domains(facts, names: list[str] | None = None) -> list[domxml.Domain
     """Defined domains as Domain objects. Without libvirt: none (the daemon
     checks say why); with explicit names, an unknown name is a usage error."""
     try:
-        infos = facts.libvirt.domains()
+        doms = list(facts.domains)  # parsed once per run, shared by every check
     except FactUnavailable as exc:
         if names:
             raise ToolError(f"cannot look up domain {', '.join(names)}: {exc}") from None
         return []
     if names:
-        by_name = {i.name: i for i in infos}
-        missing = [n for n in names if n not in by_name]
+        by_name = {d.name: d for d in doms}
+        infos = {i.name for i in facts.libvirt.domains()}
+        missing = [n for n in names if n not in infos]
         if missing:
             raise ToolError(f"no domain named {', '.join(missing)} on {facts.resolved_uri}")
-        infos = [by_name[n] for n in names]
-    doms = []
-    for info in infos:
-        try:
-            doms.append(domxml.from_info(info))
-        except ToolError:
-            continue  # libvirt gave XML we cannot parse: nothing to check
+        doms = [by_name[n] for n in names if n in by_name]  # XML we cannot parse: nothing to check
     return doms
 
 

@@ -30,6 +30,7 @@ import sys
 from virtdoctor import domxml
 from virtdoctor.commands import _common
 from virtdoctor.model import ToolError, exit_status
+from virtdoctor.render import formats
 from virtdoctor.render import json as jsonr
 
 SCHEMA_SLUG = "schema-invalid"
@@ -176,13 +177,19 @@ def run(args, ctx) -> int:
         actions = fix_files(ctx, facts, checks, domains, unsafe=args.unsafe, backup_dir=args.backup_dir)
         domains = [reload(d) for d in domains]
     findings = preflight(ctx, facts, checks, domains)
-    if actions and ctx.fmt != "json":
+    if actions and ctx.fmt == "text":
         for a in actions:
             print(f"{a['id']} {a['subject']}: {a['summary']} -> {a['status']}"
                   + (f" ({a['detail']})" if a.get("detail") else ""), file=ctx.out)
     for e in errors:
         print(f"virtdoctor: {e['error']}", file=ctx.err)
-    if ctx.fmt == "json":
+    if ctx.fmt in formats.EXTRA:
+        target = _common.target(ctx, facts)
+        target["inputs"] = [d.source for d in domains]
+        doc = jsonr.document("preflight", target, findings, errors=errors)
+        code = EXIT_UNUSABLE if errors else exit_status(findings)
+        formats.emit(ctx, doc, code, checks=checks, domains=domains)
+    elif ctx.fmt == "json":
         target = _common.target(ctx, facts)
         target["inputs"] = [d.source for d in domains]
         extra = {"actions": actions} if getattr(args, "fix", False) else {}

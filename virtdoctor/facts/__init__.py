@@ -16,16 +16,17 @@ import glob as _glob
 import os
 import stat as _stat
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, Callable
 
 from virtdoctor.facts.accounts import Account, Accounts, Group
 from virtdoctor.facts.files import FileInfo, read_acl
 from virtdoctor.facts.kvm import KvmProbe, probe_kvm
 from virtdoctor.facts.links import Link, read_links
-from virtdoctor.facts.procs import Proc, read_processes
-from virtdoctor.model import FactUnavailable
+from virtdoctor.facts.procs import Proc, is_zombie, read_processes
+from virtdoctor.model import NEEDS, FactUnavailable
 from virtdoctor.root import Root
 
 __all__ = ["HostFacts", "FileInfo", "Account", "Group", "Proc", "Link", "KvmProbe", "Cmd",
@@ -72,8 +73,14 @@ class QemuAccount:
         return self.account.uid if self.account else None
 
 
-@dataclass
+
+
+@dataclass(frozen=True, eq=False)
 class HostFacts:
+    """Immutable: what describes the host is given at construction (root, URI,
+    euid, environment, and the providers tests inject); what is read from it is
+    computed once, on first use (cached properties and `memo`)."""
+
     root: str = "/"
     uri: str | None = None
     offline: bool = False
@@ -82,7 +89,54 @@ class HostFacts:
     kvm: KvmProbe | None = None
     libvirt_facts: Any = None
     processes_override: list[Proc] | None = None
-    _conf_cache: dict[str, Any] = field(default_factory=dict, repr=False)
+    euid: int = field(default_factory=os.geteuid)
+    environ: Mapping[str, str] | None = None  # None: this process's environment
+    # fake_host: host path -> {"mode", "uid", "gid", "rdev"} laid over what stat() finds
+    stat_overlay: Mapping[str, Mapping[str, int]] | None = field(default=None, repr=False)
+    _conf_cache: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+    _memo: dict[Any, Any] = field(default_factory=dict, init=False, repr=False)
+
+    def memo(self, key: Any, compute: Callable[[], Any]) -> Any:
+        """`compute()` once per facts object (per run) for `key`: the facts-layer
+        modules' per-run cache, in place of module globals keyed by id(facts)."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+    # -- where the facts come from -------------------------------------------
+    @property
+    def source(self) -> str:
+        """"live" (this machine) or "root" (files below --root: a mounted image, a copy)."""
+        return "live" if self.is_live else "root"
+
+    def unfed(self, need: str) -> str | None:
+        """None when this facts source can feed `need` (see NEEDS), else why not."""
+        if need == "files":
+            return None
+        if need == "live":
+            return None if self.is_live else f"looks at the running machine, not at --root {self.root}"
+        if need == "root":
+            return None if self.euid == 0 else "needs root"
+        if need == "proc":
+            if self.is_live or self.processes_override is not None or os.path.isdir(self.path("/proc/1")):
+                return None
+            return f"no processes to look at below --root {self.root}"
+        if need == "dev":
+            if self.is_live or self.stat_overlay or self.kvm is not None or os.path.isdir(self.path("/dev")):
+                return None
+            return f"no device nodes below --root {self.root}"
+        if need == "logs":
+            return None
+        if need == "libvirt-installed":
+            return self._libvirt_not_installed()
+        if need == "libvirt":
+            try:
+                err = self.libvirt.connect_error()
+            except FactUnavailable as exc:
+                return str(exc)
+            # a local URI that does not answer on a host without libvirt: the one reason
+            return (self._libvirt_not_installed(local_only=True) or f"libvirt not reachable: {err}") if err else None
+        raise ValueError(f"unknown need {need!r} (one of {', '.join(NEEDS)})")
 
     # -- paths and files -------------------------------------------------
     @cached_property
@@ -181,10 +235,15 @@ class HostFacts:
         except OSError as exc:
             raise FactUnavailable(f"cannot stat {host_path}: {exc.strerror or exc}") from exc
         acl = read_acl(real) if not _stat.S_ISLNK(st.st_mode) else ()
+        mode, uid, gid, rdev = st.st_mode, st.st_uid, st.st_gid, st.st_rdev
+        if self.stat_overlay and host_path in self.stat_overlay:
+            fake = self.stat_overlay[host_path]
+            mode, uid, gid, rdev = (fake.get("mode", mode), fake.get("uid", uid), fake.get("gid", gid),
+                                    fake.get("rdev", rdev))
         accounts = self.accounts
-        return FileInfo(path=host_path, mode=st.st_mode, uid=st.st_uid, gid=st.st_gid,
-                        size=st.st_size, mtime=st.st_mtime, rdev=st.st_rdev, acl=acl,
-                        owner=accounts.user_name(st.st_uid), group=accounts.group_name(st.st_gid))
+        return FileInfo(path=host_path, mode=mode, uid=uid, gid=gid,
+                        size=st.st_size, mtime=st.st_mtime, rdev=rdev, acl=acl,
+                        owner=accounts.user_name(uid), group=accounts.group_name(gid))
 
     def realpath(self, host_path: str) -> str:
         return self.fs.resolve(host_path)
@@ -210,10 +269,6 @@ class HostFacts:
 
     def group(self, name_or_gid: str | int) -> Group | None:
         return self.accounts.group(name_or_gid)
-
-    @property
-    def euid(self) -> int:
-        return os.geteuid()
 
     # -- config files -----------------------------------------------------
     def conf(self, host_path: str):
@@ -289,6 +344,28 @@ class HostFacts:
     def process_named(self, name: str) -> list[Proc]:
         return [p for p in self.processes if p.name == name]
 
+    def running(self, name: str) -> list[Proc]:
+        """Processes named `name` that are alive: a zombie (state Z/X in
+        /proc/PID/stat: a daemon that just exited and is not reaped yet) is not
+        running. The one zombie test for checks and facts."""
+        out = []
+        for p in self.process_named(name):
+            try:
+                stat = self.read_text(f"/proc/{p.pid}/stat")
+            except FactUnavailable:
+                stat = None
+            if not is_zombie(stat):
+                out.append(p)
+        return out
+
+    @cached_property
+    def daemon(self):
+        """The libvirt daemon layout (facts.daemon.DaemonLayout): monolithic or
+        modular, the config file in effect, the arguments it runs or would start with."""
+        from virtdoctor.facts.daemon import read_layout
+
+        return read_layout(self)
+
     @cached_property
     def links(self) -> dict[str, Link]:
         return read_links(self.path("/sys/class/net"))
@@ -310,33 +387,98 @@ class HostFacts:
         return Cmd(tuple(argv), cp.returncode, cp.stdout, cp.stderr)
 
     def env(self, name: str, default: str | None = None) -> str | None:
-        return os.environ.get(name, default)
+        env = os.environ if self.environ is None else self.environ
+        return env.get(name, default)
+
+    # -- what is installed (facts/install.py) -----------------------------
+    @cached_property
+    def installation(self):
+        """The distribution, libvirt's daemons and client, /etc/libvirt, the QEMU emulators."""
+        from virtdoctor.facts.install import read_installation
+
+        return read_installation(self)
+
+    def _libvirt_not_installed(self, *, local_only: bool = False) -> str | None:
+        """The one skip reason of every check that needs libvirt on a host without it."""
+        from virtdoctor.facts.install import NOT_INSTALLED
+
+        try:
+            if local_only:
+                from virtdoctor.facts.uri import parse_uri
+
+                if parse_uri(self.resolved_uri).is_remote:
+                    return None
+            return None if self.installation.libvirt_installed else NOT_INSTALLED
+        except Exception:
+            return None
 
     # -- KVM and libvirt --------------------------------------------------
     def kvm_probe(self) -> KvmProbe:
         """Open /dev/kvm and ask it (API version, create a VM, SMM support)."""
-        if self.kvm is None:
-            if not self.is_live:
-                raise FactUnavailable(f"cannot probe /dev/kvm of --root {self.root}")
-            self.kvm = probe_kvm("/dev/kvm")
-        return self.kvm
+        if self.kvm is not None:
+            return self.kvm
+        if not self.is_live:
+            raise FactUnavailable(f"cannot probe /dev/kvm of --root {self.root}")
+        return self.memo("kvm-probe", lambda: probe_kvm("/dev/kvm"))
 
     @property
     def libvirt(self):
         """The libvirt facts (capabilities, domains, networks...). Raises
         FactUnavailable under --offline or when libvirt-python is missing."""
-        if self.libvirt_facts is None:
-            if self.offline:
-                raise FactUnavailable("--offline: not connecting to libvirt")
-            if self.uri is None and not self.is_live:
-                # the files are another system's (a mounted image, a copied /etc): this
-                # machine's daemon would describe something else, so only when asked (-c)
-                raise FactUnavailable(f"--root {self.root} is not this machine: not connecting to its libvirt "
-                                      "(give -c URI to connect anyway)")
-            from virtdoctor.facts.libvirt import LiveLibvirt
+        if self.libvirt_facts is not None:
+            return self.libvirt_facts
+        return self._live_libvirt
 
-            self.libvirt_facts = LiveLibvirt(self.resolved_uri, timeout=self.timeout)
-        return self.libvirt_facts
+    @cached_property
+    def _live_libvirt(self):
+        if self.offline:
+            raise FactUnavailable("--offline: not connecting to libvirt")
+        if self.uri is None and not self.is_live:
+            # the files are another system's (a mounted image, a copied /etc): this
+            # machine's daemon would describe something else, so only when asked (-c)
+            raise FactUnavailable(f"--root {self.root} is not this machine: not connecting to its libvirt "
+                                  "(give -c URI to connect anyway)")
+        from virtdoctor.facts.libvirt import LiveLibvirt
+
+        return LiveLibvirt(self.resolved_uri, timeout=self.timeout)
+
+    @cached_property
+    def domains(self) -> tuple:
+        """Every defined domain as a `domxml.Domain`, its XML parsed once with the
+        hardened parser and shared by every check (domains whose XML does not
+        parse are left out). Raises FactUnavailable without libvirt."""
+        from virtdoctor.domxml import from_info
+        from virtdoctor.model import ToolError
+
+        out = []
+        for info in self.libvirt.domains():
+            try:
+                out.append(from_info(info))
+            except ToolError:
+                continue
+        return tuple(out)
+
+    # -- networks and devices (catalogue part 2: networks, graphics, TPM, virtiofs, passthrough)
+    @cached_property
+    def netstate(self):
+        """Routes, addresses, listeners, sysctls, bridge helper (facts.netstate.NetState)."""
+        from virtdoctor.facts.netstate import NetState
+
+        return NetState(self)
+
+    @cached_property
+    def virtnets(self):
+        """libvirt's networks and the guests' NICs, parsed (facts.netstate.LibvirtNets)."""
+        from virtdoctor.facts.netstate import LibvirtNets
+
+        return LibvirtNets(self)
+
+    @cached_property
+    def devices(self):
+        """swtpm, virtiofsd, PCI/IOMMU, USB and hostdev claims (facts.devices.Devices)."""
+        from virtdoctor.facts.devices import Devices
+
+        return Devices(self)
 
     def domain_caps(self, dom):
         """The domain capabilities (an lxml element) for `dom`'s emulator, arch,
@@ -348,7 +490,8 @@ class HostFacts:
     def resolved_uri(self) -> str:
         from virtdoctor.facts.uri import resolve_uri
 
-        return resolve_uri(self.uri, env=os.environ, euid=os.geteuid(), facts=self)
+        return resolve_uri(self.uri, env=os.environ if self.environ is None else self.environ,
+                           euid=self.euid, facts=self)
 
 
 def _documented_default(text: str) -> tuple[str | None, str | None]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os.path
 import posixpath
-import weakref
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
@@ -41,23 +40,11 @@ MACHINE_ALIAS_PREFIX = {"q35": "pc-q35-", "pc": "pc-i440fx-", "virt": "virt-"}
 DEFAULT_MACHINE = {"x86_64": "pc-i440fx-", "i686": "pc-i440fx-", "aarch64": "virt-", "armv7l": "virt-"}
 
 
-_CACHE: dict[int, tuple[weakref.ref, dict]] = {}
-
-
 def _memo(facts, key, compute):
-    """Per-HostFacts cache (facts are fresh per run and per fix re-check):
+    """Per-run cache (facts.memo: facts are fresh per run and per fix re-check):
     descriptors, search paths and emulator probes are read once, not once per
     domain."""
-    entry = _CACHE.get(id(facts))
-    if entry is None or entry[0]() is not facts:
-        for k in [k for k, (ref, _) in _CACHE.items() if ref() is None]:
-            del _CACHE[k]
-        entry = (weakref.ref(facts), {})
-        _CACHE[id(facts)] = entry
-    store = entry[1]
-    if key not in store:
-        store[key] = compute()
-    return store[key]
+    return facts.memo(("firmware", key), compute)
 
 
 @dataclass
@@ -547,17 +534,11 @@ def _emulator_state(facts, path: str) -> EmulatorState:
 
 def defined_domain_emulators(facts) -> dict[str, list[str]]:
     """emulator path -> names of defined domains using it (raises FactUnavailable)."""
-    from virtdoctor.facts.libvirt import parse_xml
-
     out: dict[str, list[str]] = {}
-    for info in facts.libvirt.domains():
-        try:
-            root = parse_xml(info.xml)
-        except Exception:
-            continue
-        emu = (root.findtext("devices/emulator") or "").strip()
+    for dom in facts.domains:
+        emu = dom.emulator
         if emu:
-            out.setdefault(emu, []).append(info.name)
+            out.setdefault(emu, []).append(dom.name)
     return out
 
 

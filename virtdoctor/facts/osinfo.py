@@ -19,7 +19,6 @@ built through `facts` (so `--root` and fake roots work) and cached per run.
 """
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 
 from lxml import etree
@@ -27,7 +26,6 @@ from lxml import etree
 LIBOSINFO_NS = "http://libosinfo.org/xmlns/libvirt/domain/1.0"
 DB_DIRS = ("/usr/share/osinfo", "/etc/osinfo")  # system database, then local overrides
 
-_CACHE: dict[int, tuple[weakref.ref, "_Index"]] = {}
 
 
 @dataclass(frozen=True)
@@ -142,15 +140,7 @@ def _file_of_id(os_id: str) -> str | None:
 
 
 def _index(facts) -> _Index:
-    key = id(facts)
-    hit = _CACHE.get(key)
-    if hit is not None and hit[0]() is facts:
-        return hit[1]
-    for k in [k for k, (ref, _) in _CACHE.items() if ref() is None]:
-        del _CACHE[k]  # runs that ended (their facts are gone)
-    index = _Index(facts)
-    _CACHE[key] = (weakref.ref(facts), index)
-    return index
+    return facts.memo("osinfo-index", lambda: _Index(facts))
 
 
 def osinfo_installed(facts) -> bool:

@@ -13,6 +13,20 @@ class Proc:
     uid: int | None = None
 
 
+def stat_state(stat_text: str | None) -> str:
+    """The state letter of a /proc/PID/stat line ('R', 'S', 'Z'...), '' when unknown.
+    The comm field may hold spaces and parentheses: the state follows the last ')'."""
+    if not stat_text or ")" not in stat_text:
+        return ""
+    rest = stat_text.rpartition(")")[2].split()
+    return rest[0] if rest else ""
+
+
+def is_zombie(stat_text: str | None) -> bool:
+    """A process that exited and is not reaped yet (Z), or dead (X)."""
+    return stat_state(stat_text) in ("Z", "X")
+
+
 def read_processes(root: str) -> list[Proc]:
     if os.path.realpath(root) == "/":
         import psutil
@@ -46,7 +60,7 @@ def _read_procfs(procdir: str) -> list[Proc]:
             continue
         try:
             with open(os.path.join(base, "stat"), encoding="utf-8", errors="replace") as fh:
-                if fh.read().rpartition(")")[2].split()[:1] == ["Z"]:
+                if is_zombie(fh.read()):
                     continue  # a zombie
         except OSError:
             pass

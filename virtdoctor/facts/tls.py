@@ -200,34 +200,21 @@ def name_matches(info: CertInfo, host: str) -> bool:
 # -- where the files are ------------------------------------------------------------------
 def alive(facts, name: str) -> list:
     """Processes named `name`, without zombies (a daemon that exited and is not reaped yet)."""
-    out = []
-    for p in facts.process_named(name):
-        try:
-            stat = facts.read_text(f"/proc/{p.pid}/stat")
-        except FactUnavailable:
-            stat = None
-        if stat and ")" in stat and stat[stat.rindex(")") + 2:][:1] in ("Z", "X"):
-            continue
-        out.append(p)
-    return out
+    return facts.running(name)
 
 
 def daemon_conf_path(facts) -> str:
-    """The config file of the daemon that would serve TLS: `-f/--config` of a running
-    libvirtd (or virtproxyd), else /etc/libvirt/libvirtd.conf (virtproxyd.conf when only
-    the modular daemons are installed)."""
-    for name, default in (("libvirtd", LIBVIRTD_CONF), ("virtproxyd", VIRTPROXYD_CONF)):
-        for p in alive(facts, name):
-            args = list(p.cmdline)
-            for i, a in enumerate(args):
-                if a in ("-f", "--config") and i + 1 < len(args):
-                    return args[i + 1]
-                if a.startswith("--config="):
-                    return a.split("=", 1)[1]
-            return default
-    if facts.which("libvirtd") is None and facts.which("virtproxyd") is not None:
-        return VIRTPROXYD_CONF
-    return LIBVIRTD_CONF
+    """The config file of the daemon that would serve TLS: the config file in effect
+    (`-f/--config` of the running or configured command line) of a running libvirtd (or
+    virtproxyd), else libvirtd's (virtproxyd's when only the modular daemons are installed)."""
+    layout = facts.daemon
+    libvirtd, proxy = layout.daemons["libvirtd"], layout.daemons["virtproxyd"]
+    for d in (libvirtd, proxy):
+        if d.running:
+            return d.conf
+    if libvirtd.installed is None and proxy.installed is not None:
+        return proxy.conf
+    return libvirtd.conf
 
 
 def server_paths(facts) -> TlsPaths:
