@@ -16,7 +16,7 @@ set -euo pipefail
 
 PYTHON=${PYTHON:-python3}
 RUNTIME_PACKAGES=(libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils ovmf
-                  dnsmasq-base acl osinfo-db
+                  dnsmasq-base acl osinfo-db virtinst
                   prometheus prometheus-node-exporter)
 BUILD_PACKAGES=(pkg-config libvirt-dev gcc)
 

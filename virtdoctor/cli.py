@@ -43,6 +43,8 @@ def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
         help="read host files below DIR instead of / (a mounted image, a copied /etc)")
     add("--offline", action="store_true", default=False if defaults else sup,
         help="never connect to libvirt; checks that need it report skip")
+    add("--output", metavar="FILE", default=sup,
+        help="also write the JSON document to FILE (whatever the exit status)")
     add("--timeout", type=float, metavar="SECONDS", default=5.0 if defaults else sup,
         help="deadline for each libvirt call (default 5 s)")
     add("--no-plugins", action="store_true", default=False if defaults else sup,
@@ -101,7 +103,13 @@ def _main(argv: list[str] | None) -> int:
             return EXIT_TOOL
         supported(getattr(args, "format", "text"), args.command)
         ctx = Context.from_args(args)
-        return args.run(args, ctx)
+        try:
+            return args.run(args, ctx)
+        except Exception as exc:
+            _write_output(ctx, args, exc)
+            raise
+        finally:
+            _write_output(ctx, args, None)
     except ToolError as exc:
         print(f"virtdoctor: {_one_line(exc)}", file=sys.stderr)
         raise _Failed(args, _one_line(exc)) from None
@@ -115,6 +123,27 @@ def _main(argv: list[str] | None) -> int:
             raise
         print(f"virtdoctor: internal error: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
         raise _Failed(args, f"internal error: {type(exc).__name__}: {_one_line(exc)}") from None
+
+
+def _write_output(ctx, args, exc: BaseException | None) -> None:
+    """--output FILE: the run's JSON document (built by the command whatever the format), or,
+    when the command failed, a document that says why (`error`). Written once."""
+    run = ctx.run
+    if not run.output or getattr(run, "written", False):
+        return
+    from virtdoctor.render.report import error_document, make_target, write_output
+
+    doc = run.document
+    if doc is None or exc is not None:
+        message = _one_line(exc) if exc is not None else "no document was produced"
+        if exc is not None and not isinstance(exc, ToolError):
+            message = f"internal error: {type(exc).__name__}: {message}"
+        doc = error_document(run, args.command, make_target(run, root=ctx.root), message)
+    run.written = True
+    try:
+        write_output(run.output, doc)
+    except OSError as err:
+        raise ToolError(f"--output {run.output}: {err.strerror or err}") from None
 
 
 def _one_line(exc: BaseException) -> str:

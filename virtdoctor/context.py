@@ -8,7 +8,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TextIO
+from typing import Any, TextIO
 
 from virtdoctor.model import ToolError
 
@@ -18,6 +18,13 @@ class Context:
     args: argparse.Namespace
     out: TextIO = field(default_factory=lambda: sys.stdout)
     err: TextIO = field(default_factory=lambda: sys.stderr)
+    run: Any = None  # virtdoctor.render.report.Run: clock, --output, the document built
+
+    def __post_init__(self) -> None:
+        if self.run is None:
+            from virtdoctor.render.report import Run
+
+            self.run = Run(output=getattr(self.args, "output", None))
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "Context":

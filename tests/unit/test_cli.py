@@ -237,9 +237,12 @@ def test_json_document(plugin, root, capsys):
     assert rc == 2
     doc = json.loads(out)
     assert_contract(doc, "check")
-    assert list(doc) == ["virtdoctor", "command", "target", "summary", "findings"]
+    assert list(doc) == ["virtdoctor", "schema", "command", "target", "started_at", "duration_s", "summary",
+                         "findings"]  # contract v2: v1's keys in v1's order, v2's added
+    assert doc["schema"] == 2 and doc["duration_s"] >= 0 and doc["started_at"].endswith("Z")
     assert doc["summary"] == {"pass": 1, "fail": 2, "skip": 1, "error": 1}
-    assert doc["target"]["root"] == str(root) and "uri" not in doc["target"]  # --offline: no URI claimed
+    assert doc["target"]["root"] == str(root) and doc["target"]["uri"] is None  # --offline: no URI claimed
+    assert doc["target"]["facts_source"] == "root" and doc["target"]["hostname"] == doc["target"]["host"]
     by_id = {f["id"]: f for f in doc["findings"]}
     assert by_id["vdcli-error"]["evidence"] == {"why": ["a", "b"]}
     assert by_id["vdcli-error"]["fix"] == {"summary": "create /srv/vdcli", "commands": ["mkdir -p -m 0755 /srv/vdcli"],

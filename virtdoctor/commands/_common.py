@@ -3,7 +3,6 @@ look at, and running the selected checks into findings."""
 from __future__ import annotations
 
 import argparse
-import socket
 
 from virtdoctor import domxml, engine
 from virtdoctor.model import FactUnavailable, Finding, ToolError
@@ -61,14 +60,19 @@ def defined_domains(facts, names: list[str] | None = None) -> list[domxml.Domain
     return doms
 
 
-def target(ctx, facts) -> dict:
-    t = {"host": socket.gethostname(), "root": ctx.root}
-    if not ctx.offline:
+def target(ctx, facts, **more) -> dict:
+    """The document's `target` (contract v2, see virtdoctor.render.report.make_target)."""
+    from virtdoctor.render.report import FACTS_SOURCES, make_target
+
+    uri = None
+    if not ctx.offline and facts is not None:
         try:
-            t["uri"] = facts.resolved_uri
+            uri = facts.resolved_uri
         except Exception:
-            pass
-    return t
+            uri = None
+    source = getattr(facts, "facts_source", None)
+    return make_target(ctx.run, root=ctx.root, uri=uri,
+                       facts_source=source if source in FACTS_SOURCES else None, **more)
 
 
 def run_checks(ctx, facts, checks, domains, *, host: bool = True) -> list[Finding]:

@@ -35,7 +35,7 @@ def run(args, ctx) -> int:
     findings = _common.run_checks(ctx, facts, checks, domains)
     code = exit_status(findings)
     doc = None
-    if ctx.fmt != "text" or args.textfile:
+    if ctx.fmt != "text" or args.textfile or ctx.run.output:
         doc = jsonr.document("check", _common.target(ctx, facts), findings)
     if doc is not None and ctx.fmt != "json":  # JSON: contract v2 adds these fields itself
         doc.setdefault("duration_s", round(time.time() - started, 3))

@@ -442,11 +442,11 @@ def run(args, ctx) -> int:
     causes = rank(kb, message_matches(kb, texts), findings, name)
     add_fix_commands(causes, ctx.registry, name, domain_known=info is not None)
 
+    extra = {"causes": causes, **report}
+    if not causes:
+        extra["advice"] = [line.replace("NAME", name) for line in DEBUG_ADVICE]
+    doc = jsonr.document("diagnose", _common.target(ctx, facts, domain=name), findings, **extra)
     if ctx.fmt == "json":
-        extra = {"causes": causes, **report}
-        if not causes:
-            extra["advice"] = [line.replace("NAME", name) for line in DEBUG_ADVICE]
-        doc = jsonr.document("diagnose", {**_common.target(ctx, facts), "domain": name}, findings, **extra)
         jsonr.dump(doc, ctx.out)
     else:
         _render(ctx, name, report, causes, findings)

@@ -101,8 +101,17 @@ def _printer(ctx):
                                                      soft_wrap=True)
 
 
-def _json(ctx, doc) -> None:
-    ctx.out.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+def _json(ctx, body) -> None:
+    """The JSON document (contract v2 envelope + `body`): printed with --format json, and
+    recorded for --output FILE in any format."""
+    if ctx.fmt != "json" and not ctx.run.output:
+        return
+    from virtdoctor.commands._common import target
+    from virtdoctor.render.json import document
+
+    doc = document("explain", target(ctx, None), None, **body)
+    if ctx.fmt == "json":
+        ctx.out.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
 
 
 def _wrap(label: str, text: str) -> str:
@@ -133,8 +142,8 @@ def _short(line: str) -> str:
 
 def _print_matches(matches, ctx) -> None:
     kb = _knowledge(ctx)
+    _json(ctx, {"matches": [m.to_dict() for m in matches]})
     if ctx.fmt == "json":
-        _json(ctx, {"matches": [m.to_dict() for m in matches]})
         return
     p = _printer(ctx)
     p(f"{len(matches)} known problem{'s' if len(matches) != 1 else ''} in this text, best first:")
@@ -148,11 +157,11 @@ def _print_matches(matches, ctx) -> None:
 
 
 def _print_entry(entry, ctx) -> int:
+    _json(ctx, {"matches": [{"id": entry.slug, "score": 1.0, "title": entry.title,
+                             "cause": entry.cause, "fix": entry.fix,
+                             "commands": list(entry.commands), "auto": entry.auto}],
+                "entry": entry.to_dict()})
     if ctx.fmt == "json":
-        _json(ctx, {"matches": [{"id": entry.slug, "score": 1.0, "title": entry.title,
-                                 "cause": entry.cause, "fix": entry.fix,
-                                 "commands": list(entry.commands), "auto": entry.auto}],
-                    "entry": entry.to_dict()})
         return 0
     p = _printer(ctx)
     p(f"{entry.slug}: {entry.title}", "bold")
@@ -178,8 +187,8 @@ def _print_unknown(text: str, ctx) -> None:
     from virtdoctor.knowledge import parse_error
 
     parsed = parse_error(text)
+    _json(ctx, {"matches": [], "parsed": parsed})
     if ctx.fmt == "json":
-        _json(ctx, {"matches": [], "parsed": parsed})
         return
     p = _printer(ctx)
     p("Unknown: no catalogue entry matches this message.", "bold")
@@ -197,15 +206,15 @@ def _print_unknown(text: str, ctx) -> None:
 
 def _report_log(report, kb, ctx) -> int:
     hits = report.ranked()
+    matches = []
+    for h in hits:
+        e = kb.entries[h.id]
+        matches.append({"id": h.id, "score": h.score, "title": e.title, "cause": e.cause,
+                        "fix": e.fix, "commands": list(e.commands), "auto": e.auto,
+                        "count": h.count, "first": h.first, "last": h.last, "line": h.line[:_SHOWN * 4]})
+    _json(ctx, {"matches": matches, "log": {"source": report.source, "bytes": report.bytes,
+                                            "lines": report.lines}})
     if ctx.fmt == "json":
-        matches = []
-        for h in hits:
-            e = kb.entries[h.id]
-            matches.append({"id": h.id, "score": h.score, "title": e.title, "cause": e.cause,
-                            "fix": e.fix, "commands": list(e.commands), "auto": e.auto,
-                            "count": h.count, "first": h.first, "last": h.last, "line": h.line[:_SHOWN * 4]})
-        _json(ctx, {"matches": matches, "log": {"source": report.source, "bytes": report.bytes,
-                                                "lines": report.lines}})
         return 0 if hits else 1
     p = _printer(ctx)
     size = f"{report.bytes / 1e6:.1f} MB" if report.bytes >= 100_000 else f"{report.bytes} bytes"

@@ -8,7 +8,11 @@ that need the host skip with the reason. Nothing is ever defined.
 
 One report for all inputs (one JSON document, command "preflight"), each
 finding's subject `xml:PATH` (`xml:-` for stdin); per input, schema findings
-come first. Exit status: 2 when an error-severity check failed, 1 when only
+come first. An input may hold several concatenated <domain> documents
+(`virt-install --print-xml` writes two for an install: the install-time
+definition, then the final one): each is checked, subjects `xml:PATH#1`,
+`xml:PATH#2` ... (--fix leaves such inputs alone: it rewrites single-document
+files only). Exit status: 2 when an error-severity check failed, 1 when only
 warnings did, 0 when clean, and 3 when an input is unusable (unreadable, not
 XML, not a domain, no <name>, entity declarations, too large, empty stdin).
 Unusable inputs are reported one line each on stderr (and under "errors" in
@@ -85,15 +89,79 @@ def read_input(path: str, stdin=None) -> bytes:
         raise ToolError(f"{path}: cannot read: {exc.strerror or exc}") from None
 
 
+MAX_DOCUMENTS = 64  # domain documents read from one input
+_EXTRA_CONTENT = "Extra content at the end of the document"
+
+
 def load(path: str, stdin=None) -> domxml.Domain:
-    """Read and parse one input into a Domain with subject xml:PATH."""
+    """Read and parse one single-document input into a Domain with subject xml:PATH."""
+    doms = load_all(path, stdin)
+    if len(doms) > 1:
+        raise domxml.DomainXMLError(f"{path}: {len(doms)} domain documents where one was expected")
+    return doms[0]
+
+
+def load_all(path: str, stdin=None) -> list[domxml.Domain]:
+    """Every <domain> document of one input, in order: `virt-install --print-xml` writes two
+    concatenated documents for an install (the install-time definition, then the final one).
+    One document: subject xml:PATH; several: xml:PATH#1, xml:PATH#2 ... Anything that is
+    not a sequence of domain documents is a one-line DomainXMLError."""
     data = read_input(path, stdin)
-    dom = domxml.parse_domain(data, path, subject=f"xml:{path}")
-    if dom.name is None:
-        raise domxml.DomainXMLError(f"{path}: the domain has no <name>: libvirt cannot define it")
-    if path != "-":
-        dom.extra["file"] = os.path.abspath(path)  # fix plans rewrite the file itself
-    return dom
+    try:
+        chunks = [data]
+        first = domxml.parse_domain(data, path, subject=f"xml:{path}")
+    except domxml.DomainXMLError as exc:
+        if _EXTRA_CONTENT not in str(exc):
+            raise
+        chunks = split_documents(data, path)
+        first = None
+    doms = []
+    for i, chunk in enumerate(chunks, 1):
+        source = path if len(chunks) == 1 else f"{path}#{i}"
+        dom = first if first is not None else domxml.parse_domain(chunk, source, subject=f"xml:{source}")
+        if dom.name is None:
+            raise domxml.DomainXMLError(f"{source}: the domain has no <name>: libvirt cannot define it")
+        if path != "-" and len(chunks) == 1:
+            dom.extra["file"] = os.path.abspath(path)  # fix plans rewrite the file itself
+        doms.append(dom)
+    return doms
+
+
+def split_documents(data: bytes, source: str) -> list[bytes]:
+    """Concatenated XML documents cut where the hardened parser (domxml's: no entities, no
+    DTD, no network) reports extra content after a root element. Each piece is parsed again
+    by the caller; a piece that is not a domain document is reported there."""
+    from lxml import etree
+
+    pieces: list[bytes] = []
+    rest = data
+    while rest.strip():
+        if len(pieces) >= MAX_DOCUMENTS:
+            raise domxml.DomainXMLError(f"{source}: more than {MAX_DOCUMENTS} XML documents")
+        rest = rest.lstrip()
+        try:
+            etree.fromstring(rest, domxml._parser())
+        except etree.XMLSyntaxError as exc:
+            line, column = exc.position if exc.position else (0, 0)
+            if not (exc.msg or "").startswith(_EXTRA_CONTENT) or line < 1:
+                pieces.append(rest)  # not a concatenation: parse_domain names the problem
+                break
+            start = 0
+            for _ in range(line - 1):
+                start = rest.index(b"\n", start) + 1
+            cut = start + max(column - 1, 0)
+            if cut <= 0 or cut >= len(rest):
+                pieces.append(rest)
+                break
+            pieces.append(rest[:cut])
+            rest = rest[cut:]
+            continue
+        except ValueError:
+            pieces.append(rest)
+            break
+        pieces.append(rest)
+        break
+    return pieces
 
 
 def ordered_checks(checks: list) -> list:
@@ -168,7 +236,7 @@ def run(args, ctx) -> int:
             continue
         seen.add(path)
         try:
-            domains.append(load(path))
+            domains.extend(load_all(path))
         except ToolError as exc:
             errors.append({"input": path, "error": str(exc)})
     facts = ctx.facts()
@@ -183,17 +251,15 @@ def run(args, ctx) -> int:
                   + (f" ({a['detail']})" if a.get("detail") else ""), file=ctx.out)
     for e in errors:
         print(f"virtdoctor: {e['error']}", file=ctx.err)
+    doc = None
+    if ctx.fmt != "text" or ctx.run.output:
+        target = _common.target(ctx, facts, inputs=[d.source for d in domains])
+        extra = {"actions": actions} if getattr(args, "fix", False) else {}
+        doc = jsonr.document("preflight", target, findings, errors=errors, **extra)
     if ctx.fmt in formats.EXTRA:
-        target = _common.target(ctx, facts)
-        target["inputs"] = [d.source for d in domains]
-        doc = jsonr.document("preflight", target, findings, errors=errors)
         code = EXIT_UNUSABLE if errors else exit_status(findings)
         formats.emit(ctx, doc, code, checks=checks, domains=domains)
     elif ctx.fmt == "json":
-        target = _common.target(ctx, facts)
-        target["inputs"] = [d.source for d in domains]
-        extra = {"actions": actions} if getattr(args, "fix", False) else {}
-        doc = jsonr.document("preflight", target, findings, errors=errors, **extra)
         if len(findings) > COMPACT_FROM:
             # a lint of many files: compact JSON (json's C encoder; the indented
             # encoder is pure Python and dominated the corpus run)
