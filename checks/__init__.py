@@ -18,6 +18,10 @@ BUILTIN_PLUGINS = (
     "virtdoctor.checks.guest",       # CPU, clock, vCPUs, USB, tablet
     "virtdoctor.checks.display",     # graphics and video
     "virtdoctor.checks.nics",        # MAC addresses
+    "virtdoctor.checks.security",    # AppArmor, SELinux, security_driver, seclabels, dynamic ownership
+    "virtdoctor.checks.cpu",         # CPU models and features, topology, nesting, machine types
+    "virtdoctor.checks.memory",      # huge pages, memlock, host memory, balloon
+    "virtdoctor.checks.lifecycle",   # panics, job lock, guest agent, console
     "virtdoctor.checks.netconflict", # subnets, DNS/DHCP ports, forwarding, RA, br_netfilter, bridges, macvtap
     "virtdoctor.checks.session",     # qemu:///session: the bridge helper
     "virtdoctor.checks.graphics",    # fixed display ports, listen addresses

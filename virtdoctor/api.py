@@ -18,6 +18,9 @@ from virtdoctor.domxml import (BUS_PREFIX, PREFIX_BUSES, Disk, Domain, DomainXML
                                libvirt_disk_order, remove_element, serialise)
 from virtdoctor.facts import Account, Cmd, FileInfo, Group, KvmProbe, Link, Proc, QemuAccount
 from virtdoctor.facts import firmware as fwfacts
+from virtdoctor.facts import cpu as cpufacts
+from virtdoctor.facts import lsm as lsmfacts
+from virtdoctor.facts import memory as memfacts
 from virtdoctor.facts import osinfo
 from virtdoctor.facts import platform as platformfacts
 from virtdoctor.facts import schema as schemafacts
@@ -42,5 +45,5 @@ __all__ = [
     "fragment", "insert_before", "is_q35", "libvirt_disk_order", "remove_element", "serialise",
     # facts
     "Account", "Cmd", "FileInfo", "Group", "KvmProbe", "Link", "Proc", "QemuAccount", "ParsedUri", "devnum",
-    "parse_uri", "fwfacts", "osinfo", "platformfacts", "schemafacts", "tlsfacts",
+    "parse_uri", "fwfacts", "cpufacts", "lsmfacts", "memfacts", "osinfo", "platformfacts", "schemafacts", "tlsfacts",
 ]

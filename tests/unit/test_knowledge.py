@@ -273,8 +273,8 @@ EXPECTED: dict[str, str | None] = {
     "No server certificate path set to match server key": None,
     "No server key path set to match server cert": None,
     "unsupported configuration: dnsmasq version >= 2.67 required but <x.y> found": None,  # too old, not missing
-    "unsupported configuration: Emulator '<path>' does not support machine type '<machine>'": None,
-    "unsupported configuration: CPU model <model> is not supported by hypervisor": None,
+    "unsupported configuration: Emulator '<path>' does not support machine type '<machine>'": "machine-type-unsupported",
+    "unsupported configuration: CPU model <model> is not supported by hypervisor": "cpu-model-unknown",
     "WARNING  Your VM may not boot successfully.": None,  # follows the UEFI warning; generic alone
     "Your aarch64 VM may not boot successfully.": None,
     "unsupported configuration: Secure boot is supported for x86_64 architecture only": None,  # arch, not SMM/q35
@@ -499,6 +499,13 @@ CORPUS_EXPECTED = {
     "firmware-manual-noefi-acpi-aarch64.err": "acpi-requires-uefi",
     "usb-none-usbtablet.err": "usb-controller-model",
     "usb-none-hub.err": "usb-controller-model",
+    # part 2 (issue 11): a CPU model QEMU lacks, a required CPU the host cannot give, a
+    # page size no hugetlbfs mount has
+    "cpu-host-model-nofallback.err": "cpu-model-unknown",
+    "cpu-nofallback.err": "cpu-model-unknown",
+    "pseries-cpu-compat-power10.ppc64-latest.err": "cpu-incompatible-host",
+    "pseries-cpu-compat-power9.ppc64-latest.err": "cpu-incompatible-host",
+    "hugepages-default-5M.x86_64-latest.err": "hugepages-unavailable",
     "tpm-emulator-tpm2.x86_64-latest.err": "swtpm-missing",
 }
 

@@ -486,6 +486,21 @@ class HostFacts:
         return self.libvirt.domcapabilities(dom.emulator, dom.arch or None, dom.machine or None,
                                             dom.virt_type or None)
 
+    # -- security drivers, memory (issue 11) ---------------------------------
+    @cached_property
+    def lsm(self):
+        """AppArmor/SELinux state, qemu.conf security_driver, denial records (facts.lsm)."""
+        from virtdoctor.facts.lsm import read_lsm
+
+        return read_lsm(self)
+
+    @cached_property
+    def memory(self):
+        """hugetlbfs mounts, huge page pools, meminfo, memlock limits (facts.memory)."""
+        from virtdoctor.facts.memory import read_memory
+
+        return read_memory(self)
+
     @cached_property
     def resolved_uri(self) -> str:
         from virtdoctor.facts.uri import resolve_uri
