@@ -15,6 +15,11 @@ BUILTIN_PLUGINS = (
     "virtdoctor.checks.schema",      # libvirt's RelaxNG schema
     "virtdoctor.checks.definition",  # boot order, undefine, root disk
     "virtdoctor.checks.storage",     # disks: bus, targets, sources, permissions, cache
+    "virtdoctor.checks.pools",       # storage pools, pool targets, free space
+    "virtdoctor.checks.images",      # backing chains, image formats, image locks, NFS
+    "virtdoctor.checks.runstate",    # paused on I/O error, killed QEMU, managed save
+    "virtdoctor.checks.helperd",     # virtlogd, virtlockd, lockd leases, hook scripts
+    "virtdoctor.checks.snapshots",   # internal/external snapshot limits
     "virtdoctor.checks.guest",       # CPU, clock, vCPUs, USB, tablet
     "virtdoctor.checks.display",     # graphics and video
     "virtdoctor.checks.nics",        # MAC addresses

@@ -458,6 +458,25 @@ class HostFacts:
                 continue
         return tuple(out)
 
+    # -- storage, run-time state, helper daemons (facts/storage.py, runstate.py, helperd.py)
+    @cached_property
+    def storage(self):
+        from virtdoctor.facts.storage import StorageFacts
+
+        return StorageFacts(self)
+
+    @cached_property
+    def runstate(self):
+        from virtdoctor.facts.runstate import RunState
+
+        return RunState(self)
+
+    @cached_property
+    def helperd(self):
+        from virtdoctor.facts.helperd import HelperDaemons
+
+        return HelperDaemons(self)
+
     # -- networks and devices (catalogue part 2: networks, graphics, TPM, virtiofs, passthrough)
     @cached_property
     def netstate(self):
