@@ -224,16 +224,19 @@ class RunCommand(Action):
     that must exist afterwards (a socket), polled for up to `wait_seconds`;
     `undo` is the command that reverses it (run on rollback and undo)."""
 
-    argv: tuple[str, ...]
+    argv: list[str]
     summary: str = ""
     wait_for: str | None = None
     wait_seconds: float = 15.0
-    undo: tuple[str, ...] | None = None
+    undo: list[str] | None = None
     touches: tuple[str, ...] = ()  # files the command changes (backed up, restored on rollback)
 
     def __post_init__(self):
-        for name in ("argv", "undo", "touches"):
-            _tuple(self, name)
+        # argv and undo stay lists (as checks and their tests write them); JSON gives lists back
+        object.__setattr__(self, "argv", list(self.argv))
+        if self.undo is not None:
+            object.__setattr__(self, "undo", list(self.undo))
+        _tuple(self, "touches")
 
     def command(self) -> str:
         return shlex.join(self.argv)
