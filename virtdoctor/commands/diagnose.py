@@ -339,91 +339,98 @@ def _now() -> _dt.datetime:
     return _dt.datetime.now(_dt.timezone.utc)
 
 
+@dataclass
+class Gathered:
+    """What diagnose collected before deciding anything."""
+
+    name: str
+    facts: object
+    info: object = None  # the libvirt domain info, None when unknown or unreachable
+    reach_error: str | None = None
+    domain: dict = field(default_factory=dict)  # the "domain" object of the report
+    start: dict | None = None
+    logs: dict = field(default_factory=dict)
+    texts: list[tuple[str, str]] = field(default_factory=list)  # (source, text) to match
+    findings: list[Finding] = field(default_factory=list)
+
+
+@dataclass
+class DiagnoseReport:
+    """The decision: ranked causes and the exit status, with what they were decided from."""
+
+    name: str
+    target: dict
+    domain: dict
+    start: dict | None
+    logs: dict
+    causes: list[dict]
+    findings: list[Finding]
+    status: int
+
+    def extra(self) -> dict:
+        """The command's own keys of the JSON document (after summary and findings)."""
+        out: dict = {"causes": self.causes, "domain": self.domain}
+        if self.start is not None:
+            out["start"] = self.start
+        out["logs"] = self.logs
+        if not self.causes:
+            out["advice"] = [line.replace("NAME", self.name) for line in DEBUG_ADVICE]
+        return out
+
+
 def run(args, ctx) -> int:
-    facts = ctx.facts()
-    name = args.name
     if args.lines < 0:
         raise ToolError("usage: --lines must be 0 or more")
+    kb = _knowledge_or_none(ctx)
+    gathered = gather(ctx, args.name, start=args.start, lines=args.lines)
+    report = decide(ctx, kb, gathered)
+    doc = jsonr.document("diagnose", report.target, report.findings, **report.extra())
+    if ctx.fmt == "json":
+        jsonr.dump(doc, ctx.out)
+    else:
+        _render(ctx, report.name, {"domain": report.domain, "start": report.start, "logs": report.logs},
+                report.causes, report.findings)
+    return report.status
+
+
+def _knowledge_or_none(ctx):
     try:
-        kb = ctx.knowledge
+        return ctx.knowledge
     except ToolError:
         raise
     except Exception:  # the knowledge module is missing or broken: rank by checks alone
-        kb = None
-    checks = list(ctx.registry.values())
-    info = None
-    reach_error = None
-    try:
-        info = facts.libvirt.domain(name)
-    except FactUnavailable as exc:
-        reach_error = str(exc)
-    if info is None and reach_error is None:
-        raise ToolError(f"no domain named {name!r} on {facts.resolved_uri} (see 'virsh list --all')")
+        return None
 
-    report: dict = {"domain": {"name": name}}
-    texts: list[tuple[str, str]] = []
+
+def gather(ctx, name: str, *, start: bool = False, lines: int = 20) -> Gathered:
+    """The domain's state, one start attempt (with `start`), its logs and the checks."""
+    facts = ctx.facts()
+    g = Gathered(name=name, facts=facts, domain={"name": name})
+    try:
+        g.info = facts.libvirt.domain(name)
+    except FactUnavailable as exc:
+        g.reach_error = str(exc)
+    if g.info is None and g.reach_error is None:
+        raise ToolError(f"no domain named {name!r} on {facts.resolved_uri} (see 'virsh list --all')")
     notes: list[str] = []
     offline_dom = None
-    if reach_error:
-        report["domain"]["error"] = reach_error
-        texts.append(("connection", reach_error))
+    if g.reach_error:
+        g.domain["error"] = g.reach_error
+        g.texts.append(("connection", g.reach_error))
         offline_dom, note = _offline_xml(facts, name)
         notes.append(note)
         if offline_dom is not None:
-            report["domain"]["config"] = offline_dom.source
+            g.domain["config"] = offline_dom.source
+    info = g.info
     if info is not None:
-        report["domain"].update({"state": info.state_name, "reason": info.reason_name,
-                                 "persistent": info.persistent, "autostart": info.autostart,
-                                 "uuid": info.uuid, "id": info.id if info.active else None})
-    start = None
-    window = None
-    if args.start:
-        if info is None:
-            start = {"attempted": False, "started": False,
-                     "error": f"not attempted: libvirt is not reachable ({reach_error})"}
-        elif info.active:
-            start = {"attempted": False, "started": True, "error": "already running"}
-        else:
-            from virtdoctor.facts.libvirt import start_domain
-
-            before = _now()
-            try:
-                ok, err = start_domain(facts.resolved_uri, name, timeout=max(60.0, facts.timeout))
-            except FactUnavailable as exc:
-                ok, err = False, str(exc)
-            window = (before, _now())
-            start = {"attempted": True, "started": ok, "error": "" if ok else err}
-            if err and not ok:
-                texts.insert(0, ("start", err))
-        report["start"] = start
-
-    qlog = qemu_log_since_start(facts, name)
-    fresh = qlog.fresh_since(window[0] if window else None)
-    uuid = info.uuid if info else None
-    named, dmn_problems = daemon_records(facts, name, uuid)
-    dmn_lines, during = named, []
-    if window is not None:
-        dmn_lines, _ = daemon_records(facts, name, uuid, window=window)
-        known = set(named)
-        during = [line for line in dmn_lines if line not in known]
-    report["logs"] = {
-        "qemu": qlog.lines[-args.lines:] if args.lines else [],
-        "qemu_started": qlog.started.isoformat() if qlog.started else None,
-        "qemu_current": fresh and not qlog.problem,
-        "qemu_command_lines": qlog.command_lines,
-        "daemon": tail_records(dmn_lines, args.lines),
-        "problems": [p for p in [qlog.problem, *dmn_problems, *notes] if p],
-    }
-    if qlog.lines:
-        texts.append(("qemu log" if fresh else "qemu log, earlier start", "\n".join(qlog.lines)))
-    if named:
-        texts.append(("daemon log", "\n".join(named)))
-    if during:
-        texts.append(("daemon log, during the start", "\n".join(during)))
-
+        g.domain.update({"state": info.state_name, "reason": info.reason_name,
+                         "persistent": info.persistent, "autostart": info.autostart,
+                         "uuid": info.uuid, "id": info.id if info.active else None})
+    window = _start_attempt(g, facts) if start else None
+    _gather_logs(g, facts, window, lines, notes)
     # the checks, on what the next start will use (fresh facts after a start attempt)
-    if start and start.get("attempted"):
-        facts = ctx.facts()
+    if g.start and g.start.get("attempted"):
+        facts = g.facts = ctx.facts()
     domains = []
     if info is not None:
         try:
@@ -433,24 +440,71 @@ def run(args, ctx) -> int:
         try:
             domains = [domxml.from_info(latest)]
         except ToolError as exc:
-            report["logs"]["problems"].append(f"libvirt's XML of {name} does not parse: {exc}")
+            g.logs["problems"].append(f"libvirt's XML of {name} does not parse: {exc}")
     elif offline_dom is not None:
         domains = [offline_dom]
-    findings = _common.run_checks(ctx, facts, checks, domains)
-    findings = [f for f in findings if not f.subject.startswith(("domain:", "xml:"))
-                or f.subject == f"domain:{name}"]
-    causes = rank(kb, message_matches(kb, texts), findings, name)
-    add_fix_commands(causes, ctx.registry, name, domain_known=info is not None)
+    findings = _common.run_checks(ctx, facts, list(ctx.registry.values()), domains)
+    g.findings = [f for f in findings if not f.subject.startswith(("domain:", "xml:"))
+                  or f.subject == f"domain:{name}"]
+    return g
 
-    extra = {"causes": causes, **report}
-    if not causes:
-        extra["advice"] = [line.replace("NAME", name) for line in DEBUG_ADVICE]
-    doc = jsonr.document("diagnose", _common.target(ctx, facts, domain=name), findings, **extra)
-    if ctx.fmt == "json":
-        jsonr.dump(doc, ctx.out)
+
+def _start_attempt(g: Gathered, facts):
+    """One real start (libvirt's error is the best evidence there is); the time window."""
+    info, window = g.info, None
+    if info is None:
+        g.start = {"attempted": False, "started": False,
+                   "error": f"not attempted: libvirt is not reachable ({g.reach_error})"}
+    elif info.active:
+        g.start = {"attempted": False, "started": True, "error": "already running"}
     else:
-        _render(ctx, name, report, causes, findings)
-    return _status(start, causes, findings)
+        from virtdoctor.facts.libvirt import start_domain
+
+        before = _now()
+        try:
+            ok, err = start_domain(facts.resolved_uri, g.name, timeout=max(60.0, facts.timeout))
+        except FactUnavailable as exc:
+            ok, err = False, str(exc)
+        window = (before, _now())
+        g.start = {"attempted": True, "started": ok, "error": "" if ok else err}
+        if err and not ok:
+            g.texts.insert(0, ("start", err))
+    return window
+
+
+def _gather_logs(g: Gathered, facts, window, lines: int, notes: list[str]) -> None:
+    qlog = qemu_log_since_start(facts, g.name)
+    fresh = qlog.fresh_since(window[0] if window else None)
+    uuid = g.info.uuid if g.info else None
+    named, dmn_problems = daemon_records(facts, g.name, uuid)
+    dmn_lines, during = named, []
+    if window is not None:
+        dmn_lines, _ = daemon_records(facts, g.name, uuid, window=window)
+        known = set(named)
+        during = [line for line in dmn_lines if line not in known]
+    g.logs = {
+        "qemu": qlog.lines[-lines:] if lines else [],
+        "qemu_started": qlog.started.isoformat() if qlog.started else None,
+        "qemu_current": fresh and not qlog.problem,
+        "qemu_command_lines": qlog.command_lines,
+        "daemon": tail_records(dmn_lines, lines),
+        "problems": [p for p in [qlog.problem, *dmn_problems, *notes] if p],
+    }
+    if qlog.lines:
+        g.texts.append(("qemu log" if fresh else "qemu log, earlier start", "\n".join(qlog.lines)))
+    if named:
+        g.texts.append(("daemon log", "\n".join(named)))
+    if during:
+        g.texts.append(("daemon log, during the start", "\n".join(during)))
+
+
+def decide(ctx, kb, g: Gathered) -> DiagnoseReport:
+    """Rank the causes (see `rank`) and the exit status (`_status`)."""
+    causes = rank(kb, message_matches(kb, g.texts), g.findings, g.name)
+    add_fix_commands(causes, ctx.registry, g.name, domain_known=g.info is not None)
+    return DiagnoseReport(name=g.name, target=_common.target(ctx, g.facts, domain=g.name), domain=g.domain,
+                          start=g.start, logs=g.logs, causes=causes, findings=g.findings,
+                          status=_status(g.start, causes, g.findings))
 
 
 def _status(start, causes, findings) -> int:

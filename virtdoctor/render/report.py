@@ -21,7 +21,6 @@ import datetime as _dt
 import json
 import os
 import socket
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -100,6 +99,8 @@ def error_document(run: Run, command: str, target: dict[str, Any], message: str)
 
 def write_output(path: str, doc: dict[str, Any]) -> None:
     """The document to PATH, atomically (temporary file in the same directory, rename)."""
+    import tempfile
+
     directory = os.path.dirname(os.path.abspath(path)) or "."
     fd, tmp = tempfile.mkstemp(prefix=".virtdoctor-", suffix=".json", dir=directory)
     try:
