@@ -2,7 +2,8 @@
 the install cdrom of a UEFI guest."""
 from __future__ import annotations
 
-from virtdoctor.api import Auto, Fail, Pass, Warn, check, hookimpl, plan, redefine_plan
+from virtdoctor.api import (Auto, Disk, Fail, Pass, Warn, append_child, check, disk_name_index, element,
+                            hookimpl, insert_before, plan, planner, redefine_plan, remove_element)
 
 NVRAM_DIR = "/var/lib/libvirt/qemu/nvram"
 
@@ -26,7 +27,7 @@ def nvram_path(dom) -> str | None:
 
 
 @check("nvram-undefine", scope="domain", area="definition", severity="info",
-       title="Undefining the domain needs --nvram (or --keep-nvram)")
+       title="Undefining the domain needs --nvram (or --keep-nvram)", plans=True)
 def nvram_undefine(facts, dom):
     """Looks at `<os><nvram>` (or UEFI firmware's default NVRAM file) of a
     defined domain and whether that file exists.
@@ -45,17 +46,17 @@ def nvram_undefine(facts, dom):
     if not facts.exists(path):
         return Pass(f"the NVRAM file {path} does not exist yet: a plain undefine works", {"nvram": path})
     return Fail(f"{dom.name} keeps UEFI variables in {path}: 'virsh undefine {dom.name}' fails with "
-                "\"cannot undefine domain with nvram\"; use --nvram or --keep-nvram", {"nvram": path})
+                "\"cannot undefine domain with nvram\"; use --nvram or --keep-nvram", {"nvram": path}, plan=nvram_undefine_advice(facts, dom))
 
 
-@nvram_undefine.fixer
-def nvram_undefine_advice(finding, facts, dom):
+@planner
+def nvram_undefine_advice(facts, dom):
     return plan(f"Undefine with 'virsh undefine {dom.name} --nvram' (deletes the UEFI variables) or "
                 "--keep-nvram", Auto.MANUAL)
 
 
 @check("transient-undefine", scope="domain", area="definition", severity="warning",
-       title="The domain is persistent (defined), not transient")
+       title="The domain is persistent (defined), not transient", plans=True)
 def transient_undefine(facts, dom):
     """Looks at whether a domain the daemon knows is persistent.
     Why: a transient domain (virsh create) vanishes when it stops, and
@@ -68,11 +69,11 @@ def transient_undefine(facts, dom):
     if dom.info.persistent:
         return Pass("persistent")
     return Warn(f"{dom.name} is transient: it disappears when it stops, and 'virsh undefine' fails with "
-                "\"cannot undefine transient domain\"", {"active": dom.info.active})
+                "\"cannot undefine transient domain\"", {"active": dom.info.active}, plan=transient_undefine_advice(facts, dom))
 
 
-@transient_undefine.fixer
-def transient_undefine_advice(finding, facts, dom):
+@planner
+def transient_undefine_advice(facts, dom):
     return plan(f"Stop it with 'virsh destroy {dom.name}', or keep it: "
                 f"'virsh dumpxml {dom.name} > {dom.name}.xml && virsh define {dom.name}.xml'", Auto.MANUAL)
 
@@ -91,7 +92,7 @@ def _device_label(el) -> str:
 
 
 @check("boot-order-conflict", scope="domain", area="definition", severity="error",
-       title="Boot order is given one way: <os><boot> or per-device <boot order>")
+       title="Boot order is given one way: <os><boot> or per-device <boot order>", plans=True)
 def boot_order_conflict(facts, dom):
     """Looks at `<os><boot dev>` and every device's `<boot order>`.
     Why: libvirt refuses the pair with "unsupported configuration: per-device
@@ -106,7 +107,7 @@ def boot_order_conflict(facts, dom):
     devs = [f"{_device_label(b)} (order {b.get('order')}, line {b.sourceline})" for b in per_device]
     return Fail(f"<os><boot dev='{', '.join(os_boots)}'> and per-device <boot order> on {', '.join(devs)}: "
                 "libvirt refuses this with \"per-device boot elements cannot be used together with os/boot "
-                "elements\"", {"os_boot": os_boots, "device_boot": devs})
+                "elements\"", {"os_boot": os_boots, "device_boot": devs}, plan=boot_order_per_device(facts, dom))
 
 
 def merged_boot_order(dom) -> list:
@@ -132,8 +133,6 @@ def merged_boot_order(dom) -> list:
 
 
 def _first_by_target(elements):
-    from virtdoctor.domxml import disk_name_index
-
     def key(el):
         t = el.find("target")
         idx = disk_name_index(t.get("dev", "")) if t is not None else None
@@ -144,24 +143,20 @@ def _first_by_target(elements):
     return elements[0]
 
 
-@boot_order_conflict.fixer
-def boot_order_per_device(finding, facts, dom):
+@planner
+def boot_order_per_device(facts, dom):
     return redefine_plan(dom, _boot_per_device)
 
 
 def _boot_per_device(copy) -> str:
     """Drop <os><boot> and number the devices in the merged order; the summary."""
-    from lxml import etree
-
-    from virtdoctor.domxml import append_child, insert_before, remove_element
-
     order = merged_boot_order(copy)
     for b in copy.root.findall("os/boot"):
         remove_element(b)
     for b in copy.device_boot_elements:
         remove_element(b)
     for i, dev in enumerate(order, 1):
-        boot = etree.Element("boot", order=str(i))
+        boot = element("boot", order=str(i))
         addr = dev.find("address")  # <boot> goes before <address>, as libvirt writes it
         if addr is not None:
             insert_before(addr, boot)
@@ -173,7 +168,7 @@ def _boot_per_device(copy) -> str:
 
 # -- root disk -------------------------------------------------------------------
 @check("root-disk-order", scope="domain", area="definition", severity="warning",
-       title="The boot (root) disk is the first disk")
+       title="The boot (root) disk is the first disk", plans=True)
 def root_disk_order(facts, dom):
     """Looks at which disk the guest boots from (the disk with the lowest
     per-device `<boot order>`) and whether another disk comes before it in
@@ -186,8 +181,6 @@ def root_disk_order(facts, dom):
     booted = [d for d in disks if d.boot_order is not None]
     if not booted:
         return Pass("no per-device boot order on a disk: the first disk boots")
-    from virtdoctor.domxml import disk_name_index
-
     root = min(booted, key=lambda d: d.boot_order)
     idx = disk_name_index(root.target)
     earlier = [d for d in disks if d is not root and d.bus == root.bus and idx is not None
@@ -197,13 +190,13 @@ def root_disk_order(facts, dom):
     first = min(earlier, key=lambda d: disk_name_index(d.target))
     return Warn(f"the guest boots from {root.target} (boot order {root.boot_order}) but {first.target} comes "
                 f"first: a guest whose root is on the first disk (LVM, fstab, initramfs) may not find it",
-                {"boot_disk": root.target, "first_disk": first.target, "line": root.line})
+                {"boot_disk": root.target, "first_disk": first.target, "line": root.line},
+                plan=root_disk_order_advice(dom, root.target, first.target))
 
 
-@root_disk_order.fixer
-def root_disk_order_advice(finding, facts, dom):
-    ev = finding.evidence
-    return plan(f"Swap the targets of {ev.get('boot_disk')} and {ev.get('first_disk')} "
+@planner
+def root_disk_order_advice(dom, boot_disk: str, first_disk: str):
+    return plan(f"Swap the targets of {boot_disk} and {first_disk} "
                 f"(virsh edit {dom.label}) so the root disk is first", Auto.MANUAL)
 
 
@@ -228,7 +221,7 @@ def bootable_devices(dom) -> list:
 
 
 @check("uefi-cdrom-source-lost", scope="domain", area="definition", severity="warning",
-       title="A UEFI guest has something to boot besides an empty cdrom")
+       title="A UEFI guest has something to boot besides an empty cdrom", plans=True)
 def uefi_cdrom_source_lost(facts, dom):
     """Looks at UEFI domains whose only bootable devices are cdroms without a
     `<source>` (the install ISO was ejected after the first boot).
@@ -237,8 +230,6 @@ def uefi_cdrom_source_lost(facts, dom):
     --insert) or give the installed disk the first boot order."""
     if not dom.is_efi:
         return Pass("not UEFI")
-    from virtdoctor.domxml import Disk
-
     bootable = bootable_devices(dom)
     if not bootable:
         return Pass("no bootable device listed: the firmware tries every device")
@@ -248,12 +239,11 @@ def uefi_cdrom_source_lost(facts, dom):
         return Pass("boots from a device with media")
     targets = ", ".join(Disk(el, 0).target for el in empty)
     return Warn(f"UEFI guest whose only boot device is the empty cdrom {targets}: it drops into the UEFI shell",
-                {"cdroms": targets})
+                {"cdroms": targets}, plan=uefi_cdrom_advice(dom, Disk(empty[0], 0).target or "sda"))
 
 
-@uefi_cdrom_source_lost.fixer
-def uefi_cdrom_advice(finding, facts, dom):
-    cd = finding.evidence.get("cdroms", "sda").split(",")[0]
+@planner
+def uefi_cdrom_advice(dom, cd: str):
     return plan(f"Insert the ISO again ('virsh change-media {dom.label} {cd} /path/to.iso --insert --config') "
                 "or boot the installed disk first", Auto.MANUAL)
 

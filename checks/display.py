@@ -3,9 +3,15 @@ from __future__ import annotations
 
 import re
 
-from virtdoctor.api import Auto, FactUnavailable, Fail, Pass, Warn, check, hookimpl, plan
-from virtdoctor.checks.guest import (X86, domain_plan, domcaps, enum_values, insert_before, is_q35,
-                                     remove_child, sub)
+from virtdoctor.api import (Auto, FactUnavailable, Fail, Pass, Warn, check, element, enum_values, hookimpl,
+                            insert_before, is_q35, plan, planner, redefine_plan, remove_element)
+
+X86 = ("x86_64", "i686")
+
+
+def domain_plan(dom, summary: str, auto: Auto, edit, notes=()):
+    """redefine_plan for this module's edits, which take the root element."""
+    return redefine_plan(dom, lambda d: edit(d.root), auto=auto, summary=summary, notes=notes)
 
 # tokens in install-media file names and the arch family they name
 MEDIA_ARCH = (
@@ -91,7 +97,7 @@ def _display_causes(dom) -> list[tuple[str, str, bool]]:
 
 
 @check("display-not-initialized", scope="domain", area="display", severity="warning",
-       title="The firmware, machine, media and video let the guest draw its console")
+       title="The firmware, machine, media and video let the guest draw its console", plans=True)
 def display_not_initialized(facts, dom):
     """Looks at the seed's causes of a console stuck at "Guest has not
     initialized the display (yet).": secure-boot UEFI on an i440fx machine,
@@ -107,7 +113,7 @@ def display_not_initialized(facts, dom):
     if not causes:
         return Pass("firmware, machine, media and video agree", evidence)
     return Warn("the console may stay at \"Guest has not initialized the display (yet)\": "
-                + "; ".join(c[1] for c in causes), evidence)
+                + "; ".join(c[1] for c in causes), evidence, plan=fix_display(facts, dom))
 
 
 def to_q35(root) -> None:
@@ -121,12 +127,12 @@ def to_q35(root) -> None:
         return
     for ctl in list(devices.iterfind("controller")):
         if ctl.get("type") in ("pci", "ide"):
-            remove_child(ctl)
+            remove_element(ctl)
         elif ctl.get("type") == "usb" and (ctl.get("model") or "").startswith(("piix", "ich9-uhci")):
-            remove_child(ctl)
+            remove_element(ctl)
     for addr in list(root.iterfind("devices/*/address")):
         if addr.get("type") == "pci":
-            remove_child(addr)
+            remove_element(addr)
     for disk in devices.iterfind("disk"):
         target = disk.find("target")
         if target is not None and target.get("bus") == "ide":
@@ -134,7 +140,7 @@ def to_q35(root) -> None:
             target.set("dev", "sd" + target.get("dev", "hda")[2:])
             addr = disk.find("address")
             if addr is not None and addr.get("type") == "drive":
-                remove_child(addr)
+                remove_element(addr)
 
 
 def _virtio_video(root) -> None:
@@ -145,8 +151,8 @@ def _virtio_video(root) -> None:
                 model.attrib.pop(attr, None)
 
 
-@display_not_initialized.fixer
-def fix_display(finding, facts, dom):
+@planner
+def fix_display(facts, dom):
     causes = _display_causes(dom)
     keys = {c[0] for c in causes}
 
@@ -175,13 +181,13 @@ def fix_display(finding, facts, dom):
 # -- video-model-unsuitable ---------------------------------------------------------------
 def _caps_video(facts, dom) -> tuple[list[str] | None, str | None]:
     try:
-        return enum_values(domcaps(facts, dom), "devices/video/enum[@name='modelType']"), None
+        return enum_values(facts.domain_caps(dom), "devices/video/enum[@name='modelType']"), None
     except FactUnavailable as exc:
         return None, str(exc)
 
 
 @check("video-model-unsuitable", scope="domain", area="display", severity="error",
-       title="The video model is one this guest's QEMU drives well")
+       title="The video model is one this guest's QEMU drives well", plans=True)
 def video_model_unsuitable(facts, dom):
     """Looks at each <video><model type> against the arch (aarch64: no 'qxl',
     and 'vga' is slow or garbled under UEFI) and, when libvirt answers, against
@@ -211,8 +217,8 @@ def video_model_unsuitable(facts, dom):
         return Pass(f"video {', '.join(models) or 'none'}", evidence)
     text = "; ".join(p[0] for p in problems)
     if all(p[1] == "warning" for p in problems):
-        return Warn(text, evidence)
-    return Fail(text, evidence)
+        return Warn(text, evidence, plan=use_virtio_video(facts, dom))
+    return Fail(text, evidence, plan=use_virtio_video(facts, dom))
 
 
 def _replacement(offered: list[str] | None, arch: str) -> str | None:
@@ -224,8 +230,8 @@ def _replacement(offered: list[str] | None, arch: str) -> str | None:
     return None
 
 
-@video_model_unsuitable.fixer
-def use_virtio_video(finding, facts, dom):
+@planner
+def use_virtio_video(facts, dom):
     offered, _ = _caps_video(facts, dom)
     new = _replacement(offered, dom.arch)
     if new is None:
@@ -247,7 +253,7 @@ def use_virtio_video(finding, facts, dom):
 
 # -- spice-unsupported -----------------------------------------------------------------------
 @check("spice-unsupported", scope="domain", area="display", severity="error",
-       title="SPICE graphics only where this QEMU has SPICE", needs=("libvirt",))
+       title="SPICE graphics only where this QEMU has SPICE", needs=("libvirt",), plans=True)
 def spice_unsupported(facts, dom):
     """Looks at <graphics type='spice'> against the emulator's domcapabilities
     <graphics><enum name='type'> (a QEMU built without SPICE lacks it).
@@ -258,7 +264,7 @@ def spice_unsupported(facts, dom):
     spice = [g for g in dom.root.iterfind("devices/graphics") if g.get("type") == "spice"]
     if not spice:
         return Pass("no SPICE graphics", {"graphics": [g.get("type") for g in dom.root.iterfind("devices/graphics")]})
-    types = enum_values(domcaps(facts, dom), "devices/graphics/enum[@name='type']")
+    types = enum_values(facts.domain_caps(dom), "devices/graphics/enum[@name='type']")
     evidence = {"graphics": [g.get("type") for g in dom.root.iterfind("devices/graphics")],
                 "domcapabilities": types, "emulator": dom.emulator}
     if types is None:
@@ -266,7 +272,7 @@ def spice_unsupported(facts, dom):
     if "spice" in types:
         return Pass("this QEMU offers SPICE", evidence)
     return Fail("SPICE graphics but this QEMU has no SPICE (domcapabilities graphics types: "
-                f"{', '.join(types) or 'none'}): \"spice graphics are not supported with this QEMU\"", evidence)
+                f"{', '.join(types) or 'none'}): \"spice graphics are not supported with this QEMU\"", evidence, plan=use_vnc(facts, dom))
 
 
 def _spice_to_vnc(root) -> None:
@@ -276,33 +282,33 @@ def _spice_to_vnc(root) -> None:
         if g.get("type") != "spice":
             continue
         if has_vnc:
-            remove_child(g)
+            remove_element(g)
             continue
-        vnc = sub("graphics", type="vnc", port="-1", autoport="yes")
+        vnc = element("graphics", type="vnc", port="-1", autoport="yes")
         for attr in ("listen", "passwd", "keymap", "passwdValidTo", "connected"):
             if g.get(attr) is not None and not (attr == "connected" and g.get(attr) not in ("keep", "fail")):
                 vnc.set(attr, g.get(attr))
         for listen in g.iterfind("listen"):
             if listen.get("type") in ("address", "network", "none"):
-                vnc.append(sub("listen", **{k: v for k, v in listen.attrib.items()}))
+                vnc.append(element("listen", **{k: v for k, v in listen.attrib.items()}))
         if len(vnc):
             vnc.text = (g.text or "\n")
             for child in vnc:
                 child.tail = g.text
             vnc[-1].tail = g[-1].tail if len(g) else "\n"
         insert_before(g, vnc)
-        remove_child(g)
+        remove_element(g)
         has_vnc = True
     for el in list(devices):
         if (el.tag == "channel" and el.get("type") == "spicevmc") or \
                 (el.tag == "redirdev" and el.get("type") == "spicevmc") or \
                 (el.tag == "audio" and el.get("type") == "spice") or \
                 (el.tag == "smartcard" and el.get("type") == "spicevmc"):
-            remove_child(el)
+            remove_element(el)
 
 
-@spice_unsupported.fixer
-def use_vnc(finding, facts, dom):
+@planner
+def use_vnc(facts, dom):
     return domain_plan(dom, "Use VNC graphics in place of SPICE", Auto.UNSAFE, _spice_to_vnc,
                        ["or install a QEMU built with SPICE and keep the configuration"])
 

@@ -1,9 +1,8 @@
 """QEMU binaries and the ROM files they load."""
 from __future__ import annotations
 
-from virtdoctor.api import (Auto, FactUnavailable, Fail, Pass, RunCommand, Skip, check, hookimpl, plan,
-                            redefine_plan)
-from virtdoctor.facts import firmware as fwfacts
+from virtdoctor.api import (Auto, FactUnavailable, Fail, Pass, RunCommand, Skip, check, fwfacts, hookimpl,
+                            plan, planner, redefine_plan)
 
 # ROM files QEMU loads for a device (QEMU 7.2 romfile defaults)
 NIC_ROMS = {"virtio": "efi-virtio.rom", "virtio-transitional": "efi-virtio.rom",
@@ -65,7 +64,7 @@ def qemu_emulator_missing_host(facts):
 
 
 @check("qemu-emulator-missing", scope="domain", area="emulator", severity="error",
-       title="The domain's emulator exists")
+       title="The domain's emulator exists", plans=True)
 def qemu_emulator_missing(facts, dom):
     """Looks at the domain's `<emulator>` (or, without one, whether the
     capabilities offer an emulator for its arch).
@@ -80,7 +79,7 @@ def qemu_emulator_missing(facts, dom):
         arch = dom.arch or fwfacts.host_arch(facts)[0] or ""
         found = fwfacts.emulator_for(facts, arch, dom.virt_type)
         if found is None:
-            return Fail(f"unsupported configuration: No emulator found for arch '{arch}'", {"arch": arch})
+            return Fail(f"unsupported configuration: No emulator found for arch '{arch}'", {"arch": arch}, plan=point_at_capabilities_emulator(facts, dom))
         return Pass(f"no <emulator>: libvirt uses {found} for {arch}", {"arch": arch, "emulator": found})
     state = fwfacts.emulator_state(facts, emu)
     ev = {"emulator": emu, "arch": dom.arch}
@@ -90,11 +89,11 @@ def qemu_emulator_missing(facts, dom):
         ev["capabilities_emulator"] = fwfacts.emulator_for(facts, dom.arch, dom.virt_type)
     except FactUnavailable:
         pass
-    return Fail(state.problem, ev)
+    return Fail(state.problem, ev, plan=point_at_capabilities_emulator(facts, dom))
 
 
-@qemu_emulator_missing.fixer
-def point_at_capabilities_emulator(finding, facts, dom):
+@planner
+def point_at_capabilities_emulator(facts, dom):
     if dom.info is None or not dom.name or not dom.emulator:
         return None
     arch = dom.arch or fwfacts.host_arch(facts)[0] or ""
@@ -128,7 +127,7 @@ def _host_emulators(facts) -> tuple[list[tuple[str, str]], str]:
 
 
 @check("romfile-missing", scope="host", area="emulator", severity="error",
-       title="The ROM files QEMU's default devices load are installed", needs=("libvirt-installed",))
+       title="The ROM files QEMU's default devices load are installed", needs=("libvirt-installed",), plans=True)
 def romfile_missing_host(facts):
     """Looks in QEMU's firmware search path (`EMU -L help` on the live host,
     else Debian's /usr/share/qemu, /usr/share/seabios, /usr/lib/ipxe/qemu) for
@@ -152,20 +151,20 @@ def romfile_missing_host(facts):
         emus = ", ".join(e for _, e in members)
         arches = ",".join(a for a, _ in members)
         missing = [r for r in roms if fwfacts.find_rom(facts, r, list(dirs)) is None]
+        pkgs = sorted({rom_package(r) for r in missing})
         ev = {"emulators": [e for _, e in members], "arches": [a for a, _ in members], "search_path": list(dirs),
-              "search_path_from": dirs_from, "missing": missing,
-              "packages": sorted({rom_package(r) for r in missing})}
+              "search_path_from": dirs_from, "missing": missing, "packages": pkgs}
         if missing:
             results.append(Fail(f"{emus}: {', '.join(missing)} not in {':'.join(dirs)}: guests fail with "
-                                f"\"failed to find romfile \"{missing[0]}\"\"", ev, key=arches))
+                                f"\"failed to find romfile \"{missing[0]}\"\"", ev, key=arches,
+                                plan=install_roms_host(pkgs)))
         else:
             results.append(Pass(f"{emus}: {', '.join(roms)} found", ev, key=arches))
     return results or Pass("no emulator of a known arch to check")
 
 
-@romfile_missing_host.fixer
-def install_roms_host(finding, facts):
-    pkgs = finding.evidence.get("packages") or []
+@planner
+def install_roms_host(pkgs: list[str]):
     if not pkgs:
         return None
     return plan(f"Install {' '.join(pkgs)}", Auto.MANUAL, RunCommand(["apt-get", "install", "-y", *pkgs]))
@@ -218,7 +217,7 @@ def domain_roms(dom, arch: str) -> list[tuple[str, str, bool]]:
 
 
 @check("romfile-missing", scope="domain", area="emulator", severity="error",
-       title="The ROM files of the domain's devices exist and QEMU can read them")
+       title="The ROM files of the domain's devices exist and QEMU can read them", plans=True)
 def romfile_missing(facts, dom):
     """Looks at `<rom file>` of devices (exists, readable by QEMU's account
     through every parent directory), the option ROMs of its NIC models and the
@@ -255,15 +254,14 @@ def romfile_missing(facts, dom):
             problems.append(f"{device}: failed to find romfile \"{rom}\"")
             missing.append(rom)
     ev["missing"] = missing
-    ev["packages"] = sorted({rom_package(r) for r in missing if not r.startswith("/")})
+    pkgs = ev["packages"] = sorted({rom_package(r) for r in missing if not r.startswith("/")})
     if problems:
-        return Fail("; ".join(problems), ev)
+        return Fail("; ".join(problems), ev, plan=romfile_advice(dom, pkgs))
     return Pass(f"{len(roms)} ROM file(s) found", ev)
 
 
-@romfile_missing.fixer
-def romfile_advice(finding, facts, dom):
-    pkgs = finding.evidence.get("packages") or []
+@planner
+def romfile_advice(dom, pkgs: list[str]):
     if pkgs:
         return plan(f"Install {' '.join(pkgs)}", Auto.MANUAL, RunCommand(["apt-get", "install", "-y", *pkgs]))
     return plan("Fix the <rom file> path or its permissions (QEMU's account must read it)", Auto.MANUAL,

@@ -1,11 +1,8 @@
 """Guest firmware: UEFI descriptors and files, secure boot and SMM, UEFI vs ACPI."""
 from __future__ import annotations
 
-from lxml import etree
-
-from virtdoctor.api import (Auto, FactUnavailable, Fail, Pass, RunCommand, Severity, Skip, check,
-                            hookimpl, plan, redefine_plan)
-from virtdoctor.facts import firmware as fwfacts
+from virtdoctor.api import (Auto, FactUnavailable, Fail, Pass, RunCommand, Severity, Skip, check, element,
+                            fwfacts, hookimpl, plan, planner, redefine_plan)
 
 X86 = fwfacts.X86
 SMM_TEXT = "System Management Mode not supported by this hypervisor."
@@ -32,7 +29,7 @@ def _uefi_package_cmd(arch: str) -> RunCommand:
 
 # -- uefi-firmware-missing ----------------------------------------------------------
 @check("uefi-firmware-missing", scope="host", area="firmware", severity="warning",
-       title="UEFI firmware and its descriptors are installed for the guest arches", needs=("libvirt-installed",))
+       title="UEFI firmware and its descriptors are installed for the guest arches", needs=("libvirt-installed",), plans=True)
 def uefi_firmware_missing_host(facts):
     """Looks at the firmware descriptors (/usr/share/qemu/firmware, overridden
     or masked by /etc/qemu/firmware), the files they name, and qemu.conf's
@@ -59,7 +56,9 @@ def uefi_firmware_missing_host(facts):
         if d.error:
             results.append(Fail(f"{d.path}: {d.error}: libvirt fails every firmware lookup (all EFI guests) "
                                 f"until it is fixed or removed", {"descriptor": d.path, "error": d.error},
-                                key=d.path, severity=Severity.ERROR))
+                                key=d.path, severity=Severity.ERROR,
+                                plan=plan("Fix or remove the broken firmware descriptor", Auto.MANUAL,
+                                          notes=[f"{d.path}: {d.error}"])))
     for a in arches:
         cands = [d for d in descs if not d.error and "uefi" in d.interfaces and a in d.arches()]
         missing = [(d.path, role, p) for d in cands for role, p in d.files() if facts.stat(p) is None]
@@ -70,11 +69,12 @@ def uefi_firmware_missing_host(facts):
             dp, role, p = missing[0]
             results.append(Fail(f"{dp} names {role} {p}, which does not exist: libvirt still picks this "
                                 f"descriptor for {a} EFI guests and QEMU cannot open the file",
-                                evidence, key=a, severity=Severity.ERROR))
+                                evidence, key=a, severity=Severity.ERROR, plan=reinstall_uefi_firmware(a)))
         elif not cands:
             name = fwfacts.UEFI_NAMES.get(a, "UEFI")
             results.append(Fail(f"no UEFI firmware descriptor for {a} ({name} not installed): {a} EFI guests fail "
-                                f"with \"Unable to find any firmware to satisfy 'efi'\"", evidence, key=a))
+                                f"with \"Unable to find any firmware to satisfy 'efi'\"", evidence, key=a,
+                                plan=install_uefi_firmware(a)))
         else:
             results.append(Pass(f"{a}: {len(cands)} UEFI descriptor(s), first {cands[0].name} "
                                 f"({cands[0].executable})", evidence, key=a))
@@ -82,13 +82,14 @@ def uefi_firmware_missing_host(facts):
     for code, nv, entry in fwfacts.nvram_list(facts):
         ev = {"entry": entry, "descriptors_present": have_descs}
         if nv is None:
-            results.append(Fail(f"qemu.conf nvram entry \"{entry}\" is not CODE:VARS", ev, key=f"nvram:{entry}"))
+            results.append(Fail(f"qemu.conf nvram entry \"{entry}\" is not CODE:VARS", ev, key=f"nvram:{entry}",
+                                plan=STALE_NVRAM_PLAN))
             continue
         gone = [p for p in (code, nv) if facts.stat(p) is None]
         if gone:
             results.append(Fail(f"qemu.conf nvram entry \"{entry}\" names {', '.join(gone)}, which does not exist"
                                 + ("" if have_descs else ": EFI guests using it cannot get their variable store"),
-                                ev, key=f"nvram:{entry}"))
+                                ev, key=f"nvram:{entry}", plan=STALE_NVRAM_PLAN))
         else:
             results.append(Pass(f"qemu.conf nvram entry {entry} exists", ev, key=f"nvram:{entry}"))
     if not results:
@@ -96,19 +97,19 @@ def uefi_firmware_missing_host(facts):
     return results
 
 
-@uefi_firmware_missing_host.fixer
-def install_uefi_firmware_host(finding, facts):
-    arch = finding.evidence.get("arch")
-    if arch and not finding.evidence.get("descriptors"):
-        return plan(f"Install the {arch} UEFI firmware package", Auto.MANUAL, _uefi_package_cmd(arch))
-    if finding.evidence.get("entry"):
-        return plan("Correct or remove the stale entry of qemu.conf's nvram list", Auto.MANUAL,
-                    notes=["edit /etc/libvirt/qemu.conf, then restart libvirtd"])
-    if arch:
-        return plan(f"Reinstall the {arch} UEFI firmware package so its descriptors and files agree", Auto.MANUAL,
-                    RunCommand(["apt-get", "install", "--reinstall", "-y", fwfacts.UEFI_PACKAGES.get(arch, "ovmf")]))
-    return plan("Fix or remove the broken firmware descriptor", Auto.MANUAL,
-                notes=[f"{finding.evidence.get('descriptor')}: {finding.evidence.get('error')}"])
+@planner
+def install_uefi_firmware(arch: str):
+    return plan(f"Install the {arch} UEFI firmware package", Auto.MANUAL, _uefi_package_cmd(arch))
+
+
+@planner
+def reinstall_uefi_firmware(arch: str):
+    return plan(f"Reinstall the {arch} UEFI firmware package so its descriptors and files agree", Auto.MANUAL,
+                RunCommand(["apt-get", "install", "--reinstall", "-y", fwfacts.UEFI_PACKAGES.get(arch, "ovmf")]))
+
+
+STALE_NVRAM_PLAN = plan("Correct or remove the stale entry of qemu.conf's nvram list", Auto.MANUAL,
+                        notes=["edit /etc/libvirt/qemu.conf, then restart libvirtd"])
 
 
 def _missing(facts, path: str | None) -> bool:
@@ -116,7 +117,7 @@ def _missing(facts, path: str | None) -> bool:
 
 
 @check("uefi-firmware-missing", scope="domain", area="firmware", severity="error",
-       title="The domain's UEFI firmware can be found and its files exist")
+       title="The domain's UEFI firmware can be found and its files exist", plans=True)
 def uefi_firmware_missing(facts, dom):
     """Looks at `<os firmware='efi'>` (simulating libvirt's descriptor choice
     for the arch, machine and `<firmware><feature>`s), a manual `<loader>`, and
@@ -135,27 +136,28 @@ def uefi_firmware_missing(facts, dom):
           "nvram_template": fw.nvram_template}
     if fw.firmware == "efi":
         sel = fwfacts.select_firmware(facts, fw)
-        ev.update(canonical_machine=sel.machine, tried=[f"{p}: {why}" for p, why in sel.tried])
+        tried = [f"{p}: {why}" for p, why in sel.tried]
+        ev.update(canonical_machine=sel.machine, tried=tried)
         if sel.broken:
             b = sel.broken[0]
             return Fail(f"firmware descriptor {b.path} is unusable ({b.error}): libvirt cannot select any firmware",
-                        ev)
+                        ev, plan=uefi_firmware_advice(facts, dom, fw.arch, tried))
         if sel.chosen is None:
             feats = ", ".join(f"{k}={v}" for k, v in fw.fw_features.items())
             return Fail(f"no firmware descriptor fits {fw.arch} {sel.machine}" + (f" with {feats}" if feats else "")
                         + f": start fails with \"operation failed: Unable to find any firmware to satisfy 'efi'\" "
-                        f"(virt-install: \"Did not find any UEFI binary path for arch '{fw.arch}'\")", ev)
+                        f"(virt-install: \"Did not find any UEFI binary path for arch '{fw.arch}'\")", ev, plan=uefi_firmware_advice(facts, dom, fw.arch, tried))
         ev["chosen"] = sel.chosen.path
         for role, p in sel.chosen.files():
             if _missing(facts, p):
-                return Fail(f"libvirt picks {sel.chosen.path}, whose {role} {p} does not exist", ev)
+                return Fail(f"libvirt picks {sel.chosen.path}, whose {role} {p} does not exist", ev, plan=uefi_firmware_advice(facts, dom, fw.arch, tried))
         if _missing(facts, fw.nvram_template):
-            return Fail(f"<nvram template='{fw.nvram_template}'> does not exist", ev)
+            return Fail(f"<nvram template='{fw.nvram_template}'> does not exist", ev, plan=uefi_firmware_advice(facts, dom, fw.arch, tried))
         return Pass(f"libvirt picks {sel.chosen.name} ({sel.chosen.executable})", ev)
     if fw.loader_path and _missing(facts, fw.loader_path):
-        return Fail(f"<loader> {fw.loader_path} does not exist: QEMU cannot open it", ev)
+        return Fail(f"<loader> {fw.loader_path} does not exist: QEMU cannot open it", ev, plan=uefi_firmware_advice(facts, dom, fw.arch))
     if _missing(facts, fw.nvram_template):
-        return Fail(f"<nvram template='{fw.nvram_template}'> does not exist", ev)
+        return Fail(f"<nvram template='{fw.nvram_template}'> does not exist", ev, plan=uefi_firmware_advice(facts, dom, fw.arch))
     if fw.loader_type == "pflash" and fw.loader_path and (fw.nvram_path or fw.loader_readonly == "yes"):
         nvram = fw.nvram_path or (fwfacts.default_nvram_path(dom.name) if dom.name else None)
         ev["nvram"] = nvram
@@ -168,23 +170,23 @@ def uefi_firmware_missing(facts, dom):
             if code == fw.loader_path and nv and not _missing(facts, nv):
                 return Pass(f"the variable store is created from {nv} (qemu.conf nvram)", ev)
         return Fail(f"no template for {nvram or 'the variable store'}: start fails with \"operation failed: "
-                    f"unable to find any master var store for loader: {fw.loader_path}\"", ev)
+                    f"unable to find any master var store for loader: {fw.loader_path}\"", ev,
+                    plan=uefi_firmware_advice(facts, dom, fw.arch, var_store=True))
     return Pass(f"loader {fw.loader_path} exists" if fw.loader_path else "firmware files exist", ev)
 
 
-@uefi_firmware_missing.fixer
-def uefi_firmware_advice(finding, facts, dom):
-    ev = finding.evidence
-    arch = ev.get("arch") or "x86_64"
+@planner
+def uefi_firmware_advice(facts, dom, arch: str | None, tried=(), var_store: bool = False):
+    arch = arch or "x86_64"
     descs = [d for d in fwfacts.firmware_descriptors(facts)
              if not d.error and "uefi" in d.interfaces and arch in d.arches()]
     if not descs:
         return plan(f"Install the {arch} UEFI firmware, then start {dom.label} again", Auto.MANUAL,
                     _uefi_package_cmd(arch))
     notes = []
-    if ev.get("tried"):
-        notes.append("descriptors tried: " + "; ".join(ev["tried"]))
-    if "master var store" in finding.message:
+    if tried:
+        notes.append("descriptors tried: " + "; ".join(tried))
+    if var_store:
         notes.append("add template='...VARS...' to <nvram>, or use <os firmware='efi'> and drop the <loader>")
     return plan("Correct the domain's firmware request or paths (virsh edit), or reinstall the firmware",
                 Auto.MANUAL, RunCommand(["virsh", "edit", dom.name or dom.label]), notes=notes)
@@ -247,7 +249,7 @@ def _smm_need(facts, dom, fw) -> tuple[bool, str, object]:
 
 
 @check("secure-boot-requires-smm", scope="domain", area="firmware", severity="error",
-       title="Secure-boot firmware has q35, SMM on, and a host whose KVM offers SMM")
+       title="Secure-boot firmware has q35, SMM on, and a host whose KVM offers SMM", plans=True)
 def secure_boot_requires_smm(facts, dom):
     """Looks at the firmware the domain gets (autoselected descriptor features
     secure-boot / requires-smm, `<loader secure='yes'>`, *.secboot.fd /
@@ -266,20 +268,20 @@ def secure_boot_requires_smm(facts, dom):
           "loader_secure": fw.loader_secure or None}
     if fw.loader_secure == "yes":
         if fw.arch and fw.arch != "x86_64":
-            return Fail("unsupported configuration: Secure boot is supported for x86_64 architecture only", ev)
+            return Fail("unsupported configuration: Secure boot is supported for x86_64 architecture only", ev, plan=secure_boot_smm_fix(facts, dom))
         if not fwfacts.is_q35(fw.machine):
             return Fail("unsupported configuration: Secure boot is supported with q35 machine types only "
-                        f"(machine {fw.machine or 'default (pc)'})", ev)
+                        f"(machine {fw.machine or 'default (pc)'})", ev, plan=secure_boot_smm_fix(facts, dom))
         if fw.smm != "on" and fw.firmware != "efi":  # autoselection turns SMM on itself
             return Fail("unsupported configuration: Secure boot requires SMM feature enabled "
-                        "(<features><smm state='on'/></features> is missing)", ev)
+                        "(<features><smm state='on'/></features> is missing)", ev, plan=secure_boot_smm_fix(facts, dom))
     host_needed(facts, "judging SMM against this host's firmware and KVM")
     fw.arch = fw.arch or _domain_arch(facts, dom)
     needs, why, desc = _smm_need(facts, dom, fw)
     ev["needs_smm"] = why
     if fw.firmware == "efi" and desc is not None and desc.requires_smm and fw.smm == "off":
         return Fail(f"Requested operation is not valid: domain has SMM turned off but chosen firmware requires it "
-                    f"({desc.name})", ev)
+                    f"({desc.name})", ev, plan=secure_boot_smm_fix(facts, dom))
     if not needs:
         return Pass(f"no SMM needed: {why}", ev)
     if fw.virt_type != "kvm":
@@ -287,14 +289,14 @@ def secure_boot_requires_smm(facts, dom):
     probe = facts.kvm_probe()
     ev["host_kvm_smm"] = probe.smm
     if probe.smm is False:
-        return Fail(f"{why}, but this host's KVM has no SMM: QEMU stops with \"{SMM_TEXT}\"", ev)
+        return Fail(f"{why}, but this host's KVM has no SMM: QEMU stops with \"{SMM_TEXT}\"", ev, plan=secure_boot_smm_fix(facts, dom))
     return Pass(f"SMM needed ({why}) and KVM offers it", ev)
 
 
 def _features(root):
     feats = root.find("features")
     if feats is None:
-        feats = etree.Element("features")
+        feats = element("features")
         os_el = root.find("os")
         anchor = os_el if os_el is not None else root.find("vcpu")
         if anchor is not None:
@@ -307,7 +309,8 @@ def _features(root):
 
 def _append(parent, tag: str):
     """A new last child indented like its siblings."""
-    child = etree.SubElement(parent, tag)
+    child = element(tag)
+    parent.append(child)
     siblings = list(parent)[:-1]
     if siblings:
         child.tail = siblings[-1].tail
@@ -318,7 +321,8 @@ def _append(parent, tag: str):
 def _set_fw_feature(os_el, name: str, enabled: str) -> None:
     fw_el = os_el.find("firmware")
     if fw_el is None:
-        fw_el = etree.SubElement(os_el, "firmware")
+        fw_el = element("firmware")
+        os_el.append(fw_el)
         t = os_el.find("type")
         if t is not None:
             os_el.remove(fw_el)
@@ -330,8 +334,8 @@ def _set_fw_feature(os_el, name: str, enabled: str) -> None:
     feat.set("name", name)
 
 
-@secure_boot_requires_smm.fixer
-def secure_boot_smm_fix(finding, facts, dom):
+@planner
+def secure_boot_smm_fix(facts, dom):
     if dom.info is None or not dom.name:
         return None  # not a defined domain: nothing to redefine
     fw = fwfacts.os_firmware(dom)
@@ -395,7 +399,7 @@ def secure_boot_smm_fix(finding, facts, dom):
 
 # -- uefi-requires-acpi / acpi-requires-uefi ------------------------------------------
 @check("uefi-requires-acpi", scope="domain", area="firmware", severity="error",
-       title="x86 UEFI guests have ACPI on")
+       title="x86 UEFI guests have ACPI on", plans=True)
 def uefi_requires_acpi(facts, dom):
     """Looks at x86 domains with UEFI (`<os firmware='efi'>` or a pflash
     `<loader>`) and `<features><acpi/>`.
@@ -412,11 +416,11 @@ def uefi_requires_acpi(facts, dom):
     if fw.acpi == "on":
         return Pass("UEFI with ACPI", ev)
     return Fail("x86 UEFI guest without <acpi/>: libvirt refuses it with \"unsupported configuration: "
-                "UEFI requires ACPI on this architecture\"", ev)
+                "UEFI requires ACPI on this architecture\"", ev, plan=add_acpi(facts, dom))
 
 
-@uefi_requires_acpi.fixer
-def add_acpi(finding, facts, dom):
+@planner
+def add_acpi(facts, dom):
     if dom.info is None or not dom.name:
         return None
 
@@ -424,7 +428,7 @@ def add_acpi(finding, facts, dom):
         feats = _features(d.root)
         acpi = feats.find("acpi")
         if acpi is None:
-            acpi = etree.Element("acpi")
+            acpi = element("acpi")
             if len(feats):
                 acpi.tail = feats.text
             feats.insert(0, acpi)
@@ -436,7 +440,7 @@ def add_acpi(finding, facts, dom):
 
 
 @check("acpi-requires-uefi", scope="domain", area="firmware", severity="error",
-       title="aarch64 guests with ACPI use UEFI")
+       title="aarch64 guests with ACPI use UEFI", plans=True)
 def acpi_requires_uefi(facts, dom):
     """Looks at aarch64 domains with `<features><acpi/>` and their firmware.
     Why: libvirt refuses ACPI without UEFI there: "unsupported configuration:
@@ -453,11 +457,11 @@ def acpi_requires_uefi(facts, dom):
     if fw.firmware == "efi" or fw.old_style_uefi:
         return Pass("ACPI with UEFI", ev)
     return Fail("aarch64 guest with ACPI but no UEFI: libvirt refuses it with \"unsupported configuration: "
-                "ACPI requires UEFI on this architecture\"", ev)
+                "ACPI requires UEFI on this architecture\"", ev, plan=acpi_uefi_fix(facts, dom))
 
 
-@acpi_requires_uefi.fixer
-def acpi_uefi_fix(finding, facts, dom):
+@planner
+def acpi_uefi_fix(facts, dom):
     if dom.info is None or not dom.name:
         return None
     fw = fwfacts.os_firmware(dom)

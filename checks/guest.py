@@ -1,108 +1,23 @@
 """The guest machine: CPU mode, vCPU count, clock, pointer, USB controller.
 
-Also home of the domain-edit helpers the display and NIC checks share: a fix
-edits a copy of the domain XML with lxml and redefines it through libvirt
-(`EditDomain`), re-applying the same edit to the domain's current inactive XML
-at apply time so that two fixes on one domain do not undo each other.
+Each failure carries its fix plan: an edit of a copy of the domain XML (the
+XML-edit helpers of virtdoctor.api), redefined through libvirt by
+`redefine_plan`, which re-applies the same edit to the domain's current
+inactive XML at apply time so that two fixes on one domain do not undo each other.
 """
 from __future__ import annotations
 
 from typing import Callable
 
-from lxml import etree
-
-from virtdoctor.api import (Auto, redefine_plan, FactUnavailable, Fail, Pass, Severity, Skip, Warn, check,
-                            hookimpl, plan)
-from virtdoctor.facts.osinfo import domain_os_id, os_entry, os_family, osinfo_installed
+from virtdoctor.api import (Auto, FactUnavailable, Fail, Pass, Severity, Skip, Warn, append_child, check,
+                            element, ensure_child, hookimpl, insert_before, is_q35, osinfo, plan, planner,
+                            redefine_plan, remove_element)
 
 X86 = ("x86_64", "i686")
 USB1_MODELS = ("piix3-uhci", "piix4-uhci", "ich9-uhci1", "ich9-uhci2", "ich9-uhci3", "vt82c686b-uhci",
                "pci-ohci")
 USB2_MODELS = ("ich9-ehci1",)
 USB3_MODELS = ("qemu-xhci", "nec-xhci")
-
-
-# -- shared helpers (display.py and nics.py import these) ------------------------
-def is_q35(machine: str) -> bool:
-    return machine == "q35" or machine.startswith("pc-q35")
-
-
-def domcaps(facts, dom):
-    """The domain capabilities for this domain's emulator, arch, machine and
-    virt type (cached by the facts layer); raises FactUnavailable."""
-    return facts.libvirt.domcapabilities(dom.emulator, dom.arch or None, dom.machine or None,
-                                         dom.virt_type or None)
-
-
-def enum_values(caps, xpath: str) -> list[str] | None:
-    """Values of a domcapabilities enum, None when the element is absent;
-    [] when the device is `supported='no'`."""
-    el = caps.find(xpath.rsplit("/enum", 1)[0])
-    if el is None:
-        return None
-    if el.get("supported") == "no":
-        return []
-    return [v.text.strip() for v in caps.iterfind(f"{xpath}/value") if v.text]
-
-
-def _indent_of(el) -> str:
-    prev = el.getprevious()
-    ws = prev.tail if prev is not None else (el.getparent().text if el.getparent() is not None else None)
-    if ws and "\n" in ws:
-        return ws.rsplit("\n", 1)[1]
-    return ""
-
-
-def append_child(parent, child):
-    """Append `child` keeping libvirt's two-space indentation."""
-    if len(parent):
-        last = parent[-1]
-        child.tail = last.tail
-        last.tail = parent.text
-    else:
-        outer = _indent_of(parent)
-        parent.text = "\n" + outer + "  "
-        child.tail = "\n" + outer
-    parent.append(child)
-    return child
-
-
-def insert_before(ref, child):
-    parent = ref.getparent()
-    prev = ref.getprevious()
-    child.tail = prev.tail if prev is not None else parent.text
-    parent.insert(parent.index(ref), child)
-    return child
-
-
-def remove_child(el):
-    parent = el.getparent()
-    prev = el.getprevious()
-    if el.getnext() is None:  # last: its tail is the parent's closing indentation
-        if prev is not None:
-            prev.tail = el.tail
-        else:
-            parent.text = el.tail
-    parent.remove(el)
-
-
-def sub(tag: str, **attrs) -> etree._Element:
-    el = etree.Element(tag)
-    for k, v in attrs.items():
-        el.set(k, v)
-    return el
-
-
-def ensure_child(parent, tag: str, before: tuple[str, ...] = ()):
-    el = parent.find(tag)
-    if el is not None:
-        return el
-    el = etree.Element(tag)
-    for name in before:
-        ref = parent.find(name)
-        if ref is not None:
-            return insert_before(ref, el)
-    return append_child(parent, el)
 
 
 def domain_plan(dom, summary: str, auto: Auto, edit: Callable, notes: list[str] | tuple = ()):
@@ -119,7 +34,7 @@ def _host_arch(facts) -> str | None:
 
 
 @check("aarch64-host-model", scope="domain", area="guest", severity="error",
-       title="CPU mode host-model is usable for this guest")
+       title="CPU mode host-model is usable for this guest", plans=True)
 def aarch64_host_model(facts, dom):
     """Looks at <cpu mode='host-model'> with an aarch64 guest or an aarch64
     host (host arch from the capabilities when libvirt answers); when the domain
@@ -137,7 +52,7 @@ def aarch64_host_model(facts, dom):
     host = _host_arch(facts)
     evidence = {"cpu_mode": mode, "guest_arch": dom.arch, "host_arch": host, "virt_type": dom.virt_type}
     try:
-        caps = domcaps(facts, dom)
+        caps = facts.domain_caps(dom)
         supported = caps.find("cpu/mode[@name='host-model']")
         evidence["domcapabilities"] = None if supported is None else supported.get("supported")
     except FactUnavailable:
@@ -150,11 +65,11 @@ def aarch64_host_model(facts, dom):
             return Pass("the domain capabilities offer host-model for this guest", evidence)
         if arm or supported.get("supported") == "no":
             return Fail(f"the domain capabilities say host-model is unsupported: the start fails with \"{text}\"",
-                        evidence)
+                        evidence, plan=use_host_passthrough(facts, dom))
     if not arm:
         return Pass("host-model on a non-ARM guest and host", evidence)
     return Fail(f"host-model with an aarch64 {'guest' if dom.arch == 'aarch64' else 'host'}: libvirt has no host "
-                f"CPU model for ARM and the start fails with \"{text}\"", evidence)
+                f"CPU model for ARM and the start fails with \"{text}\"", evidence, plan=use_host_passthrough(facts, dom))
 
 
 def _cpu_edit(mode: str):
@@ -167,12 +82,12 @@ def _cpu_edit(mode: str):
             cpu.attrib.pop(attr, None)
         for child in list(cpu):
             if child.tag in ("model", "vendor"):
-                remove_child(child)
+                remove_element(child)
     return edit
 
 
-@aarch64_host_model.fixer
-def use_host_passthrough(finding, facts, dom):
+@planner
+def use_host_passthrough(facts, dom):
     mode = "host-passthrough" if dom.virt_type == "kvm" else "maximum"
     why = ("" if mode == "host-passthrough" else
            " (TCG: host-passthrough needs KVM on the same arch, 'maximum' is QEMU's richest emulated CPU)")
@@ -196,7 +111,7 @@ def _eim_state(root) -> dict:
 
 
 @check("vcpus-over-255-need-iommu-eim", scope="domain", area="guest", severity="error",
-       title="More than 255 vCPUs come with the intel IOMMU in extended interrupt mode")
+       title="More than 255 vCPUs come with the intel IOMMU in extended interrupt mode", plans=True)
 def vcpus_over_255_need_iommu_eim(facts, dom):
     """Looks at the maximum vCPU count (<vcpu>) of an x86 guest, the machine
     type, <iommu model='intel'><driver intremap='on' eim='on'/> and
@@ -215,7 +130,7 @@ def vcpus_over_255_need_iommu_eim(facts, dom):
         return Pass(f"{n if n is not None else 'default'} vCPUs", evidence)
     if not is_q35(dom.machine):
         return Fail(f"{n} vCPUs on machine {dom.machine or 'pc (default)'}: libvirt refuses the start with "
-                    "\"more than 255 vCPUs are only supported on q35-based machine types\"", evidence)
+                    "\"more than 255 vCPUs are only supported on q35-based machine types\"", evidence, plan=add_intel_iommu_eim(facts, dom))
     missing = []
     if evidence["iommu_model"] != "intel" or evidence["eim"] != "on":
         missing.append("<iommu model='intel'> with eim='on'")
@@ -226,31 +141,31 @@ def vcpus_over_255_need_iommu_eim(facts, dom):
     if not missing:
         return Pass(f"{n} vCPUs with the intel IOMMU in extended interrupt mode", evidence)
     return Fail(f"{n} vCPUs without {', '.join(missing)}: the start fails with \"more than 255 vCPUs require "
-                "extended interrupt mode enabled on the iommu device\"", evidence)
+                "extended interrupt mode enabled on the iommu device\"", evidence, plan=add_intel_iommu_eim(facts, dom))
 
 
 def _add_eim(root):
     devices = root.find("devices")
     if devices is None:
-        devices = append_child(root, etree.Element("devices"))
+        devices = append_child(root, element("devices"))
     iommu = devices.find("iommu")
     if iommu is None:
-        iommu = append_child(devices, sub("iommu", model="intel"))
+        iommu = append_child(devices, element("iommu", model="intel"))
     iommu.set("model", "intel")
     driver = iommu.find("driver")
     if driver is None:
-        driver = append_child(iommu, etree.Element("driver"))
+        driver = append_child(iommu, element("driver"))
     driver.set("intremap", "on")
     driver.set("eim", "on")
     features = ensure_child(root, "features", before=("cpu", "clock", "on_poweroff", "devices"))
     ioapic = features.find("ioapic")
     if ioapic is None:
-        ioapic = append_child(features, etree.Element("ioapic"))
+        ioapic = append_child(features, element("ioapic"))
     ioapic.set("driver", "qemu")
 
 
-@vcpus_over_255_need_iommu_eim.fixer
-def add_intel_iommu_eim(finding, facts, dom):
+@planner
+def add_intel_iommu_eim(facts, dom):
     if not is_q35(dom.machine):
         return plan("Move the guest to a q35 machine type, then add <iommu model='intel'><driver intremap='on' "
                     "eim='on'/></iommu> and <ioapic driver='qemu'/>", Auto.MANUAL,
@@ -273,14 +188,14 @@ def guest_os(facts, dom) -> tuple[str | None, dict]:
     libosinfo metadata: osinfo-db's family when installed and it knows the id,
     else the id itself. Never from the domain name: a VM called "win-build" may
     well run Linux."""
-    os_id = domain_os_id(dom.root)
+    os_id = osinfo.domain_os_id(dom.root)
     evidence: dict = {"os_id": os_id}
     if not os_id:
         return None, evidence
     family = None
-    if osinfo_installed(facts):
-        family, chain = os_family(facts, os_id)
-        entry = os_entry(facts, os_id)
+    if osinfo.osinfo_installed(facts):
+        family, chain = osinfo.os_family(facts, os_id)
+        entry = osinfo.os_entry(facts, os_id)
         if entry is not None:
             evidence["os_name"] = entry.name
         if family:
@@ -294,7 +209,7 @@ def guest_os(facts, dom) -> tuple[str | None, dict]:
             family = "winnt" if path.startswith("win") else "msdos"
         elif host in LINUX_ID_HOSTS or (host == "libosinfo.org" and path.startswith("linux")):
             family = "linux"
-        evidence.update(family=family, source="os id" + ("" if osinfo_installed(facts) else " (no osinfo-db)"))
+        evidence.update(family=family, source="os id" + ("" if osinfo.osinfo_installed(facts) else " (no osinfo-db)"))
     if family in WINDOWS_FAMILIES:
         return "windows", evidence
     return family, evidence
@@ -312,7 +227,7 @@ WANTED_OFFSET = {"windows": "localtime", "linux": "utc"}
 
 
 @check("clock-offset-mismatch", scope="domain", area="guest", severity="warning",
-       title="The guest clock offset suits the guest OS")
+       title="The guest clock offset suits the guest OS", plans=True)
 def clock_offset_mismatch(facts, dom):
     """Looks at <clock offset> (and basis for offset='variable') against the
     guest OS from the libosinfo metadata (osinfo-db's family when installed,
@@ -340,7 +255,7 @@ def clock_offset_mismatch(facts, dom):
         return Pass(f"{kind} guest with its RTC in {want}", evidence)
     label = "Windows" if kind == "windows" else "Linux"
     return Warn(f"{label} guest ({evidence['os_id']}) with clock offset '{effective}': {label} expects its RTC "
-                f"in {want}, so the guest clock runs hours off", evidence)
+                f"in {want}, so the guest clock runs hours off", evidence, plan=set_clock_offset(facts, dom))
 
 
 def _set_offset(want: str):
@@ -358,8 +273,8 @@ def _set_offset(want: str):
     return edit
 
 
-@clock_offset_mismatch.fixer
-def set_clock_offset(finding, facts, dom):
+@planner
+def set_clock_offset(facts, dom):
     kind, _ = guest_os(facts, dom)
     want = WANTED_OFFSET.get(kind)
     if want is None:
@@ -378,7 +293,7 @@ def _usb_disabled(root) -> bool:
 
 
 @check("windows-tablet", scope="domain", area="guest", severity="warning",
-       title="A Windows guest has exactly one USB or virtio tablet")
+       title="A Windows guest has exactly one USB or virtio tablet", plans=True)
 def windows_tablet(facts, dom):
     """Looks at the <input type='tablet'> devices (bus usb or virtio) of a
     guest whose libosinfo metadata says Windows.
@@ -398,9 +313,9 @@ def windows_tablet(facts, dom):
     if len(tablets) == 1:
         return Pass(f"one {tablets[0].get('bus', 'usb')} tablet", evidence)
     if not tablets:
-        return Warn("Windows guest without a USB tablet: the mouse drifts, two pointers that never meet", evidence)
+        return Warn("Windows guest without a USB tablet: the mouse drifts, two pointers that never meet", evidence, plan=add_usb_tablet(facts, dom))
     return Warn(f"Windows guest with {len(tablets)} tablets: the pointer jumps, Windows may blue-screen; "
-                "keep exactly one", evidence)
+                "keep exactly one", evidence, plan=add_usb_tablet(facts, dom))
 
 
 def _one_usb_tablet(root):
@@ -408,11 +323,11 @@ def _one_usb_tablet(root):
     keep = next((t for t in tablets if t.get("bus", "usb") == "usb"), None)
     for t in tablets:
         if t is not keep:
-            remove_child(t)
+            remove_element(t)
     if keep is None:
         devices = root.find("devices")
         first_input = devices.find("input")
-        tablet = sub("input", type="tablet", bus="usb")
+        tablet = element("input", type="tablet", bus="usb")
         if first_input is not None:
             insert_before(first_input, tablet)
         else:
@@ -421,8 +336,8 @@ def _one_usb_tablet(root):
         _xhci(root)
 
 
-@windows_tablet.fixer
-def add_usb_tablet(finding, facts, dom):
+@planner
+def add_usb_tablet(facts, dom):
     if dom.root.find("devices") is None:
         return None
     notes = ["the guest needs its USB HID driver (built in since Windows XP)"]
@@ -502,7 +417,7 @@ def _usb_speed(facts, hostdev) -> int | None:
 
 
 @check("usb-controller-model", scope="domain", area="guest", severity="warning",
-       title="The USB controller model suits the USB devices")
+       title="The USB controller model suits the USB devices", plans=True)
 def usb_controller_model(facts, dom):
     """Looks at <controller type='usb' model> (libvirt's default when absent:
     piix3-uhci on i440fx, qemu-xhci on q35 and aarch64) against the guest's USB
@@ -530,7 +445,7 @@ def usb_controller_model(facts, dom):
                 "Can't add host USB device: USB is disabled in this host" if "hostdev" in kinds else
                 "USB is disabled for this domain, but USB devices are present in the domain XML")
         return Fail(f"USB controller model='none' with {', '.join(d[1] for d in devices)}: libvirt refuses the "
-                    f"domain with \"{text}\"", evidence, severity=Severity.ERROR)
+                    f"domain with \"{text}\"", evidence, severity=Severity.ERROR, plan=use_qemu_xhci(facts, dom))
     if not devices or not models:
         return Pass("no USB devices that care about the controller", evidence)
     best = "usb3" if any(m in USB3_MODELS for m in models) else "usb2" if any(m in USB2_MODELS for m in models) \
@@ -547,27 +462,27 @@ def usb_controller_model(facts, dom):
     evidence["usb3_hostdevs"] = fast
     if fast:
         return Warn(f"USB 3 device {', '.join(fast)} on a {best.upper().replace('USB', 'USB ')} controller "
-                    f"({', '.join(models)}): it runs slowly or not at all; use qemu-xhci", evidence)
+                    f"({', '.join(models)}): it runs slowly or not at all; use qemu-xhci", evidence, plan=use_qemu_xhci(facts, dom))
     if best == "usb1" and bulk:
         return Warn(f"{', '.join(d[1] for d in bulk)} on a USB 1.1 controller ({', '.join(models)}, 12 Mbit/s): "
-                    "slow; use qemu-xhci", evidence)
+                    "slow; use qemu-xhci", evidence, plan=use_qemu_xhci(facts, dom))
     return Pass(f"USB controller {', '.join(models)}", evidence)
 
 
 def _xhci(root):
     devices = root.find("devices")
     old = [c for c in devices.iterfind("controller[@type='usb']") if c.get("index", "0") == "0"]
-    new = sub("controller", type="usb", index="0", model="qemu-xhci", ports="15")
+    new = element("controller", type="usb", index="0", model="qemu-xhci", ports="15")
     if old:
         insert_before(old[0], new)
         for c in old:
-            remove_child(c)
+            remove_element(c)
     else:
         append_child(devices, new)
 
 
-@usb_controller_model.fixer
-def use_qemu_xhci(finding, facts, dom):
+@planner
+def use_qemu_xhci(facts, dom):
     if dom.root.find("devices") is None:
         return None
     return domain_plan(dom, "Use one qemu-xhci (USB 3) controller: "

@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import hashlib
-import weakref
 
-from virtdoctor.api import Auto, FactUnavailable, Fail, Pass, Severity, Skip, Warn, check, hookimpl
-from virtdoctor.checks.guest import domain_plan
-from lxml import etree
+from virtdoctor.api import (Auto, FactUnavailable, Fail, Pass, Severity, Skip, Warn, check, hookimpl, planner,
+                            redefine_plan)
 
 QEMU_OUI = "52:54:00"
 
@@ -46,26 +44,18 @@ def interface_macs(root, *, teaming: bool = True) -> list[tuple[int, str, str]]:
     return out
 
 
-_CACHE: dict[int, tuple[weakref.ref, dict]] = {}
-
-
 def _owners(facts) -> dict[str, list[tuple[str, str, bool, str]]]:
     """MAC -> [(domain name, uuid, active, interface label)] over every domain
-    defined on the connection, built once per run (facts object); failover
-    pairs count once. Raises FactUnavailable without libvirt."""
-    hit = _CACHE.get(id(facts))
-    if hit is not None and hit[0]() is facts:
-        return hit[1]
-    for k in [k for k, (ref, _) in _CACHE.items() if ref() is None]:
-        del _CACHE[k]
+    defined on the connection (facts.domains: parsed once), built once per run
+    (facts.memo); failover pairs count once. Raises FactUnavailable without libvirt."""
+    return facts.memo("nics-mac-owners", lambda: _mac_owners(facts.domains))
+
+
+def _mac_owners(domains) -> dict[str, list[tuple[str, str, bool, str]]]:
     owners: dict[str, list[tuple[str, str, bool, str]]] = {}
-    for info in facts.libvirt.domains():
-        root = _parse(info.xml)
-        if root is None:
-            continue
-        for _, mac, label in interface_macs(root, teaming=False):
-            owners.setdefault(mac, []).append((info.name, info.uuid.lower(), info.active, label))
-    _CACHE[id(facts)] = (weakref.ref(facts), owners)
+    for d in domains:
+        for _, mac, label in interface_macs(d.root, teaming=False):
+            owners.setdefault(mac, []).append((d.name, d.info.uuid.lower(), d.info.active, label))
     return owners
 
 
@@ -75,13 +65,6 @@ def _other_owners(facts, dom, mac: str) -> list[tuple[str, bool, str]]:
     own_uuid = (dom.root.findtext("uuid") or "").strip().lower()
     return [(name, active, label) for name, uuid, active, label in _owners(facts).get(mac, [])
             if name != dom.name and not (own_uuid and uuid == own_uuid)]
-
-
-def _parse(xml: str):
-    try:
-        return etree.fromstring(xml.encode(), etree.XMLParser(resolve_entities=False, no_network=True))
-    except (etree.XMLSyntaxError, ValueError):
-        return None
 
 
 def used_macs(facts, dom) -> set[str]:
@@ -124,7 +107,7 @@ def _is_qemu(dom) -> bool:
 
 # -- mac-prefix ------------------------------------------------------------------------
 @check("mac-prefix", scope="domain", area="nics", severity="warning",
-       title="Interface MACs use QEMU's 52:54:00 prefix")
+       title="Interface MACs use QEMU's 52:54:00 prefix", plans=True)
 def mac_prefix(facts, dom):
     """Looks at each <interface><mac address> of a QEMU/KVM domain.
     Why: libvirt and virt-install generate 52:54:00:xx:xx:xx for QEMU/KVM;
@@ -143,8 +126,8 @@ def mac_prefix(facts, dom):
     text = ", ".join(f"{label} {m}" for _, m, label in bad)
     if multicast:
         return Fail(f"{text}: {', '.join(multicast)} is multicast; libvirt refuses it (\"XML error: expected unicast "
-                    f"mac address, found multicast '{multicast[0]}'\")", evidence, severity=Severity.ERROR)
-    return Warn(f"{text}: outside QEMU/KVM's {QEMU_OUI} prefix", evidence)
+                    f"mac address, found multicast '{multicast[0]}'\")", evidence, severity=Severity.ERROR, plan=regenerate_prefix(facts, dom))
+    return Warn(f"{text}: outside QEMU/KVM's {QEMU_OUI} prefix", evidence, plan=regenerate_prefix(facts, dom))
 
 
 def _regenerate_plan(facts, dom, nics, notes=()):
@@ -157,12 +140,13 @@ def _regenerate_plan(facts, dom, nics, notes=()):
         changes[(i, m)] = mac
     if not changes:
         return None
-    return domain_plan(dom, "Regenerate " + ", ".join(f"{o} -> {n}" for (_, o), n in changes.items()),
-                       Auto.UNSAFE, _replace_macs(changes), notes)
+    edit = _replace_macs(changes)
+    return redefine_plan(dom, lambda d: edit(d.root), auto=Auto.UNSAFE, notes=notes,
+                         summary="Regenerate " + ", ".join(f"{o} -> {n}" for (_, o), n in changes.items()))
 
 
-@mac_prefix.fixer
-def regenerate_prefix(finding, facts, dom):
+@planner
+def regenerate_prefix(facts, dom):
     return _regenerate_plan(facts, dom, [(i, m) for i, m, _ in interface_macs(dom.root)
                                          if not m.startswith(QEMU_OUI + ":")])
 
@@ -191,7 +175,7 @@ def _duplicates(facts, dom):
 
 
 @check("mac-duplicate", scope="domain", area="nics", severity="error",
-       title="No MAC address is used twice on the connection")
+       title="No MAC address is used twice on the connection", plans=True)
 def mac_duplicate(facts, dom):
     """Looks at the MACs of this domain's interfaces against each other and
     against every other domain defined on the connection (a preflight XML is
@@ -213,8 +197,8 @@ def mac_duplicate(facts, dom):
             # each user-mode NIC has its own private slirp network: nothing collides on a wire,
             # but the guest sees NICs it cannot tell apart by MAC (udev names, NetworkManager)
             return Warn(text + " (user-mode NICs: no shared segment, but the guest cannot tell them apart)",
-                        evidence)
-        return Fail(text, evidence)
+                        evidence, plan=regenerate_duplicate(facts, dom))
+        return Fail(text, evidence, plan=regenerate_duplicate(facts, dom))
     if unavailable:
         if any(True for _ in interface_macs(dom.root)):
             return Skip(f"no duplicate inside the domain; other domains not compared: {unavailable}", evidence)
@@ -229,8 +213,8 @@ def _loser(facts, dom, mac: str) -> str:
     return sorted(cands, key=lambda c: (not c[0], c[1]))[-1][1]
 
 
-@mac_duplicate.fixer
-def regenerate_duplicate(finding, facts, dom):
+@planner
+def regenerate_duplicate(facts, dom):
     dups, _, _ = _duplicates(facts, dom)
     nics = []
     notes = []

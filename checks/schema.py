@@ -1,7 +1,7 @@
 """libvirt's own RelaxNG schema: would `virsh define --validate` accept the XML?"""
 from __future__ import annotations
 
-from virtdoctor.api import Fail, Pass, check, hookimpl
+from virtdoctor.api import Fail, Pass, check, hookimpl, schemafacts
 
 
 @check("schema-invalid", scope="domain", area="schema", severity="error",
@@ -15,9 +15,7 @@ def schema_invalid(facts, dom):
     against /usr/share/libvirt/schemas/domain.rng"; without --validate libvirt
     silently drops the parts it does not know.
     No automatic fix: correct the XML."""
-    from virtdoctor.facts.schema import domain_schema
-
-    schema = domain_schema(facts)  # FactUnavailable -> skip with the reason
+    schema = schemafacts.domain_schema(facts)  # FactUnavailable -> skip with the reason
     errors = schema.validate(dom.tree)
     if not errors:
         return Pass(f"valid against {schema.path}", {"schema": schema.path})

@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import shlex
 
-from virtdoctor.api import Auto, Fail, Pass, Skip, Warn, check, hookimpl, plan, redefine_plan
+from virtdoctor.api import (Auto, BUS_PREFIX, Domain, FactUnavailable, Fail, Pass, PREFIX_BUSES, RunCommand,
+                            Skip, Warn, check, disk_index_name, disk_name_prefix, edit_copy, hookimpl,
+                            libvirt_disk_order, plan, planner, redefine_plan, remove_element, with_plan)
 
 EMULATED_CDROM_BUS = {"q35": "sata", "i440fx": "ide"}
 
 
-def remove_element(el):
-    from virtdoctor.domxml import remove_element as rm
-
-    rm(el)
-
-
 def _free_name(prefix: str, taken: set[str]) -> str:
-    from virtdoctor.domxml import disk_index_name
-
     i = 0
     while disk_index_name(prefix, i) in taken:
         i += 1
@@ -43,7 +37,7 @@ def _cdrom_problems(dom):
 
 
 @check("cdrom-on-virtio", scope="domain", area="storage", severity="error",
-       title="Cdroms sit on a bus that takes removable media (sata on q35, ide on i440fx)")
+       title="Cdroms sit on a bus that takes removable media (sata on q35, ide on i440fx)", plans=True)
 def cdrom_on_virtio(facts, dom):
     """Looks at every `<disk device='cdrom'>`'s target bus against the machine type.
     Why: virtio (and xen, sd) disks cannot eject media: libvirt 9.0.0 refuses
@@ -54,12 +48,12 @@ def cdrom_on_virtio(facts, dom):
     problems = _cdrom_problems(dom)
     if not problems:
         return Pass("every cdrom is on a bus with removable media")
-    return [Fail(msg, {"target": d.target, "bus": d.bus, "machine": dom.machine, "line": d.line},
-                 key=d.target) for d, msg in problems]
+    return with_plan([Fail(msg, {"target": d.target, "bus": d.bus, "machine": dom.machine, "line": d.line},
+                           key=d.target) for d, msg in problems], cdrom_to_emulated_bus(facts, dom))
 
 
-@cdrom_on_virtio.fixer
-def cdrom_to_emulated_bus(finding, facts, dom):
+@planner
+def cdrom_to_emulated_bus(facts, dom):
     bus = EMULATED_CDROM_BUS.get(dom.machine_family)
     if bus is None:
         return plan(f"Put the cdrom on a bus with removable media (scsi with a virtio-scsi controller on "
@@ -94,8 +88,6 @@ def _cdrom_move(copy, bus: str) -> str:
 def _target_problems(dom):
     """[(severity, disk, partner, kind, message)] for prefix/bus mismatches, duplicate
     targets and duplicate drive addresses, as libvirt decides them."""
-    from virtdoctor.domxml import BUS_PREFIX, PREFIX_BUSES, disk_name_prefix, libvirt_disk_order
-
     out = []
     seen: dict[str, object] = {}
     disks = dom.disks
@@ -159,7 +151,7 @@ def _target_problems(dom):
 
 
 @check("disk-target-bus-mismatch", scope="domain", area="storage", severity="error",
-       title="Disk targets match their bus and are unique, drive addresses do not collide")
+       title="Disk targets match their bus and are unique, drive addresses do not collide", plans=True)
 def disk_target_bus_mismatch(facts, dom):
     """Looks at each disk's target name prefix (vd/hd/sd/fd) against its bus,
     duplicate target names, and the drive address each disk gets (explicit, or
@@ -177,7 +169,7 @@ def disk_target_bus_mismatch(facts, dom):
     for sev, d, _partner, kind, msg in problems:
         ev = {"target": d.target, "bus": d.bus, "kind": kind, "line": d.line}
         out.append(Fail(msg, ev, key=f"{kind}:{d.target}") if sev == "error" else Warn(msg, ev, key=f"{kind}:{d.target}"))
-    return out
+    return with_plan(out, rename_targets(facts, dom))
 
 
 class _Unreachable(Exception):
@@ -187,8 +179,6 @@ class _Unreachable(Exception):
 def _fix_targets(copy) -> str:
     """Edit `copy` until no duplicate target or drive address and no name/bus
     mismatch remains; the summary. _Unreachable when that cannot be done."""
-    from virtdoctor.domxml import BUS_PREFIX
-
     tree = copy.tree
     changes = []
     for _round in range(8):
@@ -223,8 +213,6 @@ def _fix_targets(copy) -> str:
 
 
 def _mismatched(disk) -> bool:
-    from virtdoctor.domxml import PREFIX_BUSES, disk_name_prefix
-
     prefix = disk_name_prefix(disk.target)
     return prefix is not None and disk.bus not in PREFIX_BUSES.get(prefix, ())
 
@@ -257,15 +245,11 @@ def _collides(copy, disk, name: str) -> bool:
 
 
 def _reparse(tree, copy):
-    from virtdoctor.domxml import Domain
-
     return Domain(tree=tree, source=copy.source, subject=copy.subject, info=copy.info)
 
 
-@disk_target_bus_mismatch.fixer
-def rename_targets(finding, facts, dom):
-    from virtdoctor.domxml import edit_copy
-
+@planner
+def rename_targets(facts, dom):
     try:
         edit_copy(dom, _fix_targets)
     except _Unreachable:
@@ -288,13 +272,11 @@ def _host_needed(facts):
 
 
 def _offline():
-    from virtdoctor.api import FactUnavailable
-
     return FactUnavailable("--offline: the host's files are not consulted (XML-intrinsic checks only)")
 
 
 @check("disk-source-missing", scope="domain", area="storage", severity="error",
-       title="Disk and cdrom source files exist")
+       title="Disk and cdrom source files exist", plans=True)
 def disk_source_missing(facts, dom):
     """Looks at every file and block `<source>` of disks, cdroms and floppies on the host.
     Why: the start fails with "Cannot access storage file '<path>': No such
@@ -312,7 +294,8 @@ def disk_source_missing(facts, dom):
         if d.startup_policy == "optional":
             continue  # libvirt drops the medium and starts
         out.append(Fail(f"{d.device} {d.target}: {path} does not exist: the start fails with \"Cannot access "
-                        f"storage file '{path}'{_as_qemu(facts, d)}: No such file or directory\"", ev, key=d.target))
+                        f"storage file '{path}'{_as_qemu(facts, d)}: No such file or directory\"", ev, key=d.target,
+                        plan=disk_source_missing_advice(dom, d.device, d.target, path)))
     return out or Pass(f"{checked} local source(s) exist" if checked else "no local disk source")
 
 
@@ -327,13 +310,11 @@ def _as_qemu(facts, disk) -> str:
     return f" (as uid:{ident[1]}, gid:{ident[2]})" if ident is not None else ""
 
 
-@disk_source_missing.fixer
-def disk_source_missing_advice(finding, facts, dom):
-    ev = finding.evidence
-    tgt = ev.get("target", "")
-    cmd = (f"virsh change-media {dom.label} {tgt} --eject --config" if ev.get("device") == "cdrom"
+@planner
+def disk_source_missing_advice(dom, device: str, tgt: str, path: str):
+    cmd = (f"virsh change-media {dom.label} {tgt} --eject --config" if device == "cdrom"
            else f"virsh detach-disk {dom.label} {tgt} --config")
-    return plan(f"Restore {ev.get('path')}, point the disk at the right file (virsh edit {dom.label}), "
+    return plan(f"Restore {path}, point the disk at the right file (virsh edit {dom.label}), "
                 f"or remove it: {cmd}", Auto.MANUAL)
 
 
@@ -385,7 +366,7 @@ def _parents(path: str) -> list[str]:
 
 
 @check("disk-source-permission", scope="domain", area="storage", severity="error",
-       title="QEMU's account can reach and open every disk source")
+       title="QEMU's account can reach and open every disk source", plans=True)
 def disk_source_permission(facts, dom):
     """Looks at every directory on the path of each local disk source
     (traversable: x) and the file itself (read, and write unless readonly)
@@ -441,15 +422,13 @@ def disk_source_permission(facts, dom):
                             + f"; the start fails with \"Cannot access storage file '{path}' (as uid:{uid}, "
                               f"gid:{gid}): Permission denied\"",
                             {"target": d.target, "path": path, "qemu": label, "dynamic_ownership": dynamic,
-                             "problems": problems, "commands": commands}, key=d.target))
+                             "problems": problems, "commands": commands}, key=d.target,
+                            plan=disk_permission_advice(commands)))
     return out or Pass(f"{label} can open {checked} local source(s)" if checked else "no local disk source")
 
 
-@disk_source_permission.fixer
-def disk_permission_advice(finding, facts, dom):
-    from virtdoctor.api import RunCommand
-
-    cmds = finding.evidence.get("commands", [])
+@planner
+def disk_permission_advice(cmds: list[str]):
     return plan("Let QEMU's account reach the image: " + "; ".join(cmds)
                 + " (or chmod o+x on the directories, or move the image to /var/lib/libvirt/images)",
                 Auto.MANUAL, *(RunCommand(shlex.split(c)) for c in cmds))
@@ -460,7 +439,7 @@ SAFE_CACHE = ("none", "directsync")
 
 
 @check("disk-cache-unsafe", scope="domain", area="storage", severity="warning",
-       title="Disks use cache='none' (safe to migrate, no host page-cache stalls)")
+       title="Disks use cache='none' (safe to migrate, no host page-cache stalls)", plans=True)
 def disk_cache_unsafe(facts, dom):
     """Looks at `<driver cache>` and `io` of every writable disk.
     Why: libvirt refuses live migration with "Migration may lead to data
@@ -484,11 +463,11 @@ def disk_cache_unsafe(facts, dom):
             out.append(Warn(f"disk {d.target} asks io='native' with the default cache: QEMU falls back to "
                             "io='threads'; io='native' needs cache='none' or 'directsync'",
                             {"target": d.target, "cache": cache, "io": io, "line": d.line}, key=d.target))
-    return out or Pass("no writable disk with a host-cached mode")
+    return with_plan(out, cache_none(facts, dom)) if out else Pass("no writable disk with a host-cached mode")
 
 
-@disk_cache_unsafe.fixer
-def cache_none(finding, facts, dom):
+@planner
+def cache_none(facts, dom):
     return redefine_plan(dom, _cache_none)
 
 

@@ -204,12 +204,41 @@ class FakeRoot:
 
     Paths are written as on a real host ("/etc/libvirt/qemu.conf"); `path()` maps them below
     the fake root. Ownership that a test cannot chown stays the test's own: give it to the
-    facts layer's stat table instead.
+    facts layer's stat table instead: `chown` and `device` record what stat() should say in
+    `stat_table`, which `facts()` (and the `fake_host` fixture) hand to HostFacts as its stat
+    overlay, so tests of device nodes and ownership run without root.
     """
 
     def __init__(self, base: Path):
         self.base = Path(base)
         self.base.mkdir(parents=True, exist_ok=True)
+        self.stat_table: dict[str, dict[str, int]] = {}
+
+    def chown(self, host_path, uid: int, gid: int) -> Path:
+        """What stat() of HOST_PATH reports as owner and group (no privilege needed)."""
+        key = "/" + os.path.normpath(os.fspath(host_path)).lstrip("/")
+        self.stat_table.setdefault(key, {}).update(uid=uid, gid=gid)
+        return self.path(host_path)
+
+    def device(self, host_path, major: int, minor: int, mode: int = 0o660, uid: int = 0, gid: int = 0,
+               kind: str = "c") -> Path:
+        """A device node as stat() reports it (char or block, major:minor, mode, owner): an
+        empty file whose stat the facts layer overlays, where mknod would need root. The type
+        comes from the table, the permission bits from the file (a fix's chmod shows)."""
+        import stat as _stat
+
+        real = self.write(host_path, "", mode)
+        key = "/" + os.path.normpath(os.fspath(host_path)).lstrip("/")
+        ftype = _stat.S_IFCHR if kind == "c" else _stat.S_IFBLK
+        self.stat_table[key] = {"type": ftype, "uid": uid, "gid": gid, "rdev": os.makedev(major, minor)}
+        return real
+
+    def facts(self, **kw):
+        """HostFacts of this tree with its stat overlay (processes: none unless given)."""
+        from virtdoctor.facts import HostFacts
+
+        kw.setdefault("processes_override", [])
+        return HostFacts(root=str(self.base), stat_overlay=self.stat_table, **kw)
 
     def __str__(self) -> str:  # usable as `--root str(root)`
         return str(self.base)
@@ -285,3 +314,19 @@ class FakeRoot:
 def fake_root(tmp_path) -> FakeRoot:
     """An empty fake host tree below tmp_path/root; see FakeRoot."""
     return FakeRoot(tmp_path / "root")
+
+
+@pytest.fixture
+def fake_host(fake_root):
+    """A factory of HostFacts over `fake_root` with its stat overlay: `fake_host(uri=...,
+    kvm=probe, libvirt_facts=...)`. Device nodes and ownership come from
+    `fake_root.device(...)` / `fake_root.chown(...)`, so no test needs root."""
+    return fake_root.facts
+
+
+@pytest.fixture
+def fake_host(fake_root):
+    """A factory of HostFacts over `fake_root` with its stat overlay: `fake_host(uri=...,
+    kvm=probe, libvirt_facts=...)`. Device nodes and ownership come from
+    `fake_root.device(...)` / `fake_root.chown(...)`, so no test needs root."""
+    return fake_root.facts

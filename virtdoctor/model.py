@@ -158,3 +158,25 @@ def exit_status(findings: list[Finding]) -> int:
     if failed or any(f.status is Status.ERROR for f in findings):
         return 1
     return 0
+
+
+def with_plan(results: list[Result], plan: Any) -> list[Result]:
+    """`results` with `plan` attached to each failure (a check whose failures share one fix)."""
+    import dataclasses
+
+    return [dataclasses.replace(r, plan=plan) if r.status is Status.FAIL else r for r in results]
+
+
+def planner(func):
+    """Decorator for a check's plan builder: a missing fact (FactUnavailable) means no
+    plan (the failure is still reported, with the knowledge entry's advice)."""
+    import functools
+
+    @functools.wraps(func)
+    def build(*args: Any, **kw: Any) -> Any:
+        try:
+            return func(*args, **kw)
+        except FactUnavailable:
+            return None
+
+    return build

@@ -77,7 +77,7 @@ def test_256_vcpus_need_the_intel_iommu(libvirt_conn, vm_xml, define_vm, run_vir
     from virtdoctor.facts import HostFacts
 
     dom = load(str(path))
-    plan = guest.add_intel_iommu_eim(None, HostFacts(uri=vmhelpers.live_uri()), dom)
+    plan = guest.add_intel_iommu_eim(HostFacts(uri=vmhelpers.live_uri()), dom)
     assert plan.auto.value == "unsafe"
     out = remedy.apply_plan(plan, remedy.Env(root="/"), "vcpus-over-255-need-iommu-eim", dom.subject,
                             lambda: (True, ""), str(tmp_path / "backups"))

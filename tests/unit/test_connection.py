@@ -48,13 +48,12 @@ def host(root, *, members=("ann",), polkit=True, dbus=True, sock_mode=0o777, soc
         root.write("/usr/share/polkit-1/rules.d/60-libvirt.rules", POLKIT_RULE)
     if dbus:
         root.write(C.DBUS_SOCKET, "")
-    sock = root.write("/run/libvirt/libvirt-sock", "", sock_mode)
-    os.chown(sock, 0, sock_gid)
-    os.chmod(sock, sock_mode)
+    root.write("/run/libvirt/libvirt-sock", "", sock_mode)
+    root.chown("/run/libvirt/libvirt-sock", 0, sock_gid)  # the stat overlay: no root needed
 
 
 def facts_for(root, cls=HostFacts, uri="qemu:///system", procs=(LIBVIRTD,)):
-    return cls(root=str(root), uri=uri, processes_override=list(procs))
+    return cls(root=str(root), uri=uri, processes_override=list(procs), stat_overlay=root.stat_table)
 
 
 def results(chk, facts):

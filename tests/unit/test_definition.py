@@ -88,7 +88,7 @@ def test_boot_order_fix_rewrites_an_xml_file_that_libvirt_then_accepts(tmp_path)
     dom.extra["file"] = str(path)
     [finding] = engine.run_check(D.boot_order_conflict, f, dom)
     assert finding.status is Status.FAIL
-    p = D.boot_order_conflict.fixer_func(finding, f, dom)
+    p = finding.plan
     assert p.auto is Auto.UNSAFE and p.commands == [f"write {path} ({len(p.actions[0].content.splitlines())} lines)"]
     diff = p.diff(remedy.Env(root="/"))
     assert any(l.startswith("-") and "<boot dev='hd'/>" in l for l in diff.splitlines())

@@ -150,7 +150,7 @@ def test_domain_emulator_fix_points_at_capabilities_emulator(fake_root):
     dom = dom_of(xml, active=True)
     f = one(EM.qemu_emulator_missing, facts, dom)
     assert f.fix.auto.value == "unsafe"
-    p = EM.point_at_capabilities_emulator(f, facts, dom)
+    p = EM.point_at_capabilities_emulator(facts, dom)
     action = p.actions[0]
     assert isinstance(action, remedy.EditDomain) and action.name == "vm1"
     assert action.old_xml.strip() == dom.info.xml.strip()  # the diff is against libvirt's own XML
@@ -158,7 +158,7 @@ def test_domain_emulator_fix_points_at_capabilities_emulator(fake_root):
     assert any("next boot" in n for n in p.notes)
     assert one(EM.qemu_emulator_missing, facts, dom_of(action.new_xml)).status is Status.PASS
     # nothing to redefine for a preflight XML
-    assert EM.point_at_capabilities_emulator(f, facts, dom_of(xml, defined=False)) is None
+    assert EM.point_at_capabilities_emulator(facts, dom_of(xml, defined=False)) is None
 
 
 # --------------------------------------------------------------------------- romfile-missing (host)
@@ -255,5 +255,5 @@ def test_domain_emulator_fix_without_capabilities_uses_installed_emulator(fake_r
     f = one(EM.qemu_emulator_missing, facts, dom)
     broken = HostFacts(root=str(fake_root), uri="qemu:///system",
                        libvirt_facts=RecordedLibvirt(error="libvirt: the daemon did not answer"))
-    p = EM.point_at_capabilities_emulator(f, broken, dom)
+    p = EM.point_at_capabilities_emulator(broken, dom)
     assert etree.fromstring(p.actions[0].new_xml).findtext("devices/emulator") == "/usr/bin/qemu-system-x86_64"

@@ -34,7 +34,7 @@ def host(fake_root):
 
 
 def facts_for(root, **kw):
-    return HostFacts(root=str(root), uri="qemu:///system", **kw)
+    return HostFacts(root=str(root), uri="qemu:///system", stat_overlay=getattr(root, "stat_table", None), **kw)
 
 
 # -- files ---------------------------------------------------------------------
@@ -128,15 +128,25 @@ def test_which(host):
 
 
 def test_stat_names_owner_and_group_from_the_roots_own_files(host):
-    node = host.write("/dev/kvm-like", "", mode=0o660)
-    os.chown(node, 0, 107)
+    host.write("/dev/kvm-like", "", mode=0o660)
+    host.chown("/dev/kvm-like", 0, 107)
     st = facts_for(host).stat("/dev/kvm-like")
     assert (st.mode_text, st.owner, st.group, st.uid, st.gid) == ("0660", "root", "kvm", 0, 107)
     assert st.is_file and not st.is_dir and not st.is_char_device and not st.is_socket
-    os.chown(node, 4242, 4343)
+    host.chown("/dev/kvm-like", 4242, 4343)
     st = facts_for(host).stat("/dev/kvm-like")
     assert (st.owner, st.group) == ("4242", "4343")  # unknown ids stay numbers
     assert facts_for(host).stat("/dev/absent") is None
+
+
+def test_stat_overlay_fakes_a_device_node_without_root(host):
+    host.device("/dev/kvm", 10, 232, 0o660, 0, 107)
+    st = facts_for(host).stat("/dev/kvm")
+    assert st.is_char_device and (st.uid, st.gid, st.group, st.mode_text) == (0, 107, "kvm", "0660")
+    assert (os.major(st.rdev), os.minor(st.rdev)) == (10, 232)
+    os.chmod(host.path("/dev/kvm"), 0o600)  # what a fix's chmod does shows through the overlay
+    assert facts_for(host).stat("/dev/kvm").mode_text == "0600"
+    assert HostFacts(root=str(host)).stat("/dev/kvm").is_file  # without the overlay: the plain file
 
 
 def test_stat_of_symlinks(host):

@@ -317,7 +317,7 @@ def test_domain_secure_boot_requires_smm(fake_root, xml, smm, status, text):
 def _fix_plan(chk, facts, dom):
     f = one(chk, facts, dom)
     assert f.status is Status.FAIL
-    return f, chk.fixer_func(f, facts, dom)
+    return f, f.plan
 
 
 def test_smm_fix_without_host_smm_asks_for_insecure_firmware_and_rechecks(fake_root):
@@ -372,7 +372,7 @@ def test_fixers_refuse_undefined_xml(fake_root):
     facts = facts_for(fake_root, smm=False)
     dom = dom_of(EFI_Q35, defined=False)
     f = one(FW.secure_boot_requires_smm, facts, dom)
-    assert FW.secure_boot_smm_fix(f, facts, dom) is None
+    assert FW.secure_boot_smm_fix(facts, dom) is None
 
 
 # --------------------------------------------------------------------------- uefi-requires-acpi / acpi-requires-uefi

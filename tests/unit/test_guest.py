@@ -128,7 +128,7 @@ def fix_on_test_driver(chk, conn, tmp_path, name, make_facts, *, plan_only=False
     dom = domxml.from_info(info)
     failing = [f for f in engine.run_check(chk, facts, dom) if f.status is Status.FAIL]
     assert failing, "the check should fail before the fix"
-    p = chk.fixer_func(failing[0], facts, dom)
+    p = failing[0].plan
     if plan_only or p is None:
         return p, None, None
 
@@ -294,7 +294,7 @@ def test_vcpus_over_255_fix_adds_iommu_and_ioapic(fake_root, tmp_path):
 
 def test_vcpus_over_255_on_i440fx_is_manual(fake_root):
     dom = domxml.parse_domain(domain_xml(vcpus=256, machine="pc"), "x.xml")
-    p = guest.add_intel_iommu_eim(None, facts_for(fake_root, offline=True), dom)
+    p = guest.add_intel_iommu_eim(facts_for(fake_root, offline=True), dom)
     assert p.auto.value == "manual" and not p.actions and "q35" in p.summary
 
 
@@ -466,7 +466,7 @@ def test_two_fixes_on_one_domain_keep_each_other(fake_root, tmp_path):
     plans = []
     for chk in (guest.clock_offset_mismatch, guest.windows_tablet):
         [f] = engine.run_check(chk, facts, dom)
-        plans.append((chk, chk.fixer_func(f, facts, dom)))
+        plans.append((chk, f.plan))
     env = remedy.Env(root=str(tmp_path), libvirt_open=lambda: conn)
     for chk, p in plans:
         out = remedy.apply_plan(p, env, chk.slug, dom.subject, lambda: (True, ""), str(tmp_path / "b"))
@@ -481,13 +481,13 @@ def test_plans_for_preflight_files_and_running_domains(fake_root):
     osinfo_db(fake_root)
     facts = facts_for(fake_root, offline=True)
     xml = domain_xml("pf", os_id=WIN10, clock="utc")
-    p = guest.set_clock_offset(None, facts, domxml.parse_domain(xml, "pf.xml"))
+    p = guest.set_clock_offset(facts, domxml.parse_domain(xml, "pf.xml"))
     assert p.auto.value == "manual" and "not a defined domain" in " ".join(p.notes)
     running = DomainInfo("pf", "u", xml, active=True)
-    p = guest.set_clock_offset(None, facts, domxml.from_info(running))
+    p = guest.set_clock_offset(facts, domxml.from_info(running))
     assert p.auto.value == "unsafe" and "next boot" in " ".join(p.notes)
     transient = DomainInfo("pf", "u", xml, persistent=False, active=True)
-    assert guest.set_clock_offset(None, facts, domxml.from_info(transient)).auto.value == "manual"
+    assert guest.set_clock_offset(facts, domxml.from_info(transient)).auto.value == "manual"
 
 
 # -- libvirt's own test XMLs ------------------------------------------------------------------------
@@ -537,7 +537,7 @@ def test_plan_for_a_preflight_file_rewrites_the_file(fake_root, tmp_path):
     fake_root.write("/srv/vms/pf.xml", xml)
     dom = domxml.parse_domain(xml, "/srv/vms/pf.xml", subject="xml:/srv/vms/pf.xml")
     dom.extra["file"] = "/srv/vms/pf.xml"
-    p = guest.set_clock_offset(None, facts_for(fake_root, offline=True), dom)
+    p = guest.set_clock_offset(facts_for(fake_root, offline=True), dom)
     assert p.auto.value == "unsafe" and "virsh define --validate /srv/vms/pf.xml" in p.notes[-1]
     env = remedy.Env(root=str(fake_root))
     diff = p.diff(env)

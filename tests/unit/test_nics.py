@@ -127,6 +127,6 @@ def test_running_domain_keeps_its_mac(fake_root):
     dom_running = domxml.from_info(running)
     [f] = engine.run_check(nics.mac_duplicate, facts, dom_running)
     assert f.status is Status.FAIL
-    assert nics.regenerate_duplicate(f, facts, dom_running) is None
-    p = nics.regenerate_duplicate(f, facts, domxml.from_info(stopped))
+    assert nics.regenerate_duplicate(facts, dom_running) is None
+    p = nics.regenerate_duplicate(facts, domxml.from_info(stopped))
     assert p is not None and A in p.summary

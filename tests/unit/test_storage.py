@@ -157,7 +157,7 @@ def apply_fix(chk, conn, tmp_path, name, root=None):
     dom = current()
     failing = [r for r in engine.run_check(chk, f, dom) if r.status is Status.FAIL]
     assert failing
-    p = chk.fixer_func(failing[0], f, dom)
+    p = failing[0].plan
 
     def recheck():
         rs = engine.run_check(chk, f, current())
@@ -209,7 +209,7 @@ def test_target_fix_on_a_file_with_duplicate_address(tmp_path):
     dom = domxml.parse_domain(text, str(path))
     dom.extra["file"] = str(path)
     found = [r for r in engine.run_check(S.disk_target_bus_mismatch, f, dom) if r.status is Status.FAIL]
-    p = S.disk_target_bus_mismatch.fixer_func(found[0], f, dom)
+    p = found[0].plan
     assert "hdb->sda" in p.summary and "drive addresses unique" in p.summary  # the mismatched one is renamed, to the first free sd name
 
     def recheck():

@@ -34,22 +34,16 @@ from rich.markup import escape
 
 from virtdoctor import domxml
 from virtdoctor.commands import _common
+# the log readers live in the facts layer (one daemon-log regex for the whole program)
+from virtdoctor.facts.logs import (DAEMON_CONFS, DAEMON_LINE, DAEMON_LOG_BYTES, DAEMON_LOGS,  # noqa: F401
+                                   QEMU_LOG_BYTES, QEMU_LOG_DIR, START_MARK, START_SLACK, QemuLog,
+                                   daemon_log_paths, daemon_records, log_time as _log_time,
+                                   qemu_log_since_start)
 from virtdoctor.model import FactUnavailable, Finding, Severity, Status, ToolError, exit_status
 from virtdoctor.render import json as jsonr
 from virtdoctor.render.text import render_findings
 
-QEMU_LOG_DIR = "/var/log/libvirt/qemu"
 QEMU_CONF_DIR = "/etc/libvirt/qemu"
-DAEMON_LOGS = ("/var/log/libvirt/libvirtd.log", "/var/log/libvirt/virtqemud.log")
-DAEMON_CONFS = ("/etc/libvirt/libvirtd.conf", "/etc/libvirt/virtqemud.conf")
-QEMU_LOG_BYTES = 256 * 1024
-DAEMON_LOG_BYTES = 2 * 1024 * 1024
-
-# "2026-11-25 21:02:22.673+0000: starting up libvirt version: 9.0.0, ..." (src/qemu/qemu_process.c)
-START_MARK = re.compile(r"^(?P<ts>\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(?:\.\d+)?[+-]\d{4}): starting up libvirt version")
-# "2026-11-25 21:02:33.018+0000: 21630: error : qemuValidateDomainDef:1294 : ..." (src/util/virlog.c)
-DAEMON_LINE = re.compile(r"^(?P<ts>\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(?:\.\d+)?[+-]\d{4}): \d+: "
-                         r"(?P<level>debug|info|warning|error) : ")
 
 # ranking tiers (a cause's score is its tier plus at most 100 from the message match)
 CONFIRMED, ERROR_TEXT, LOG_AND_CHECK, DOMAIN_CHECK, HOST_CHECK, HINT = 3000, 2000, 1500, 1000, 500, 0
@@ -64,7 +58,6 @@ SOURCE_KIND = {"start": "direct", "connection": "direct", "qemu log": "direct",
                "daemon log, during the start": "window"}
 KIND_ORDER = {"direct": 2, "about": 1, "window": 0}
 KIND_WEIGHT = {"direct": 100, "about": 50, "window": 25}
-START_SLACK = _dt.timedelta(seconds=2)  # clock and log-write slack around a start attempt
 
 DEBUG_ADVICE = [
     "Nothing known matched. To see what libvirt does, enable debug logs:",
@@ -87,132 +80,6 @@ def add_parser(sub) -> None:
 
 
 # --------------------------------------------------------------------------- logs
-
-def _log_time(text: str) -> _dt.datetime | None:
-    """A daemon/QEMU-log timestamp ("2026-11-25 21:02:22.673+0000") as an aware datetime."""
-    for fmt in ("%Y-%m-%d %H:%M:%S.%f%z", "%Y-%m-%d %H:%M:%S%z"):
-        try:
-            return _dt.datetime.strptime(text, fmt)
-        except ValueError:
-            continue
-    return None
-
-
-@dataclass
-class QemuLog:
-    """The part of /var/log/libvirt/qemu/NAME.log written since the last start attempt."""
-
-    path: str
-    lines: list[str] = field(default_factory=list)  # the start mark and QEMU's output
-    command_lines: int = 0  # lines of environment and command line left out of `lines`
-    started: _dt.datetime | None = None  # time of the last "starting up" mark
-    attempts: int = 0  # start marks in the part read
-    problem: str | None = None  # why there is nothing to show
-
-    def fresh_since(self, when: _dt.datetime | None) -> bool:
-        """Whether the last start mark was written at or after `when` (None: no attempt made)."""
-        if when is None:
-            return True
-        return self.started is not None and self.started >= when - START_SLACK
-
-
-def qemu_log_since_start(facts, name: str) -> QemuLog:
-    """Lines of /var/log/libvirt/qemu/NAME.log since its last 'starting up libvirt version' mark
-    (libvirt appends one per start attempt; the log is never truncated by libvirt)."""
-    log = QemuLog(f"{QEMU_LOG_DIR}/{name}.log")
-    try:
-        text = facts.read_tail(log.path, QEMU_LOG_BYTES)
-    except FactUnavailable as exc:
-        log.problem = f"{exc} (QEMU's logs are readable by root only)"
-        return log
-    if text is None:
-        log.problem = f"{log.path} does not exist (the domain never reached QEMU here, or logs go elsewhere)"
-        return log
-    lines = text.splitlines()
-    starts = [i for i, line in enumerate(lines) if START_MARK.match(line)]
-    log.attempts = len(starts)
-    if starts:
-        first = starts[-1]
-        log.started = _log_time(START_MARK.match(lines[first]).group("ts"))
-        # libvirt writes the environment and the command line, one argument per line
-        # ending in " \\", the last one without: QEMU's own output follows
-        end = first + 1
-        while end < len(lines) and lines[end].endswith("\\"):
-            end += 1
-        if end > first + 1 and end < len(lines):
-            end += 1
-        log.command_lines = end - first - 1
-        log.lines = [lines[first]] + lines[end:]
-    else:
-        log.lines = lines
-    return log
-
-
-def daemon_log_paths(facts) -> list[str]:
-    """The daemon log files: the defaults plus every `N:file:PATH` of log_outputs in
-    libvirtd.conf / virtqemud.conf."""
-    paths = list(DAEMON_LOGS)
-    for conf in DAEMON_CONFS:
-        outputs = facts.conf_value(conf, "log_outputs", None)
-        if not isinstance(outputs, str):
-            continue
-        for item in outputs.split():
-            parts = item.split(":", 2)
-            if len(parts) == 3 and parts[1] == "file" and parts[2] not in paths:
-                paths.append(parts[2])
-    return paths
-
-
-def _mentions(name: str, uuid: str | None):
-    keys = [re.escape(k) for k in (name, uuid) if k]
-    return re.compile(r"(?<![\w.-])(?:" + "|".join(keys) + r")(?![\w-])")
-
-
-def daemon_records(facts, name: str, uuid: str | None, *, window: tuple | None = None,
-                   paths: list[str] | None = None) -> tuple[list[str], list[str]]:
-    """error/warning records of the daemon logs that name the domain (by name or UUID), or,
-    with `window=(since, until)`, that were written in that time span (libvirt's errors
-    rarely name the domain: `Cannot check QEMU binary ...`). A record is a daemon log line
-    plus its continuation lines (the QEMU tail libvirt quotes spans several lines).
-    Returns (lines, problems)."""
-    found: list[str] = []
-    problems: list[str] = []
-    mention = _mentions(name, uuid)
-    seen_any = False
-    for path in paths if paths is not None else daemon_log_paths(facts):
-        try:
-            text = facts.read_tail(path, DAEMON_LOG_BYTES)
-        except FactUnavailable as exc:
-            problems.append(str(exc))
-            continue
-        if text is None:
-            continue
-        seen_any = True
-        record: list[str] = []
-        keep = False
-        for line in text.splitlines() + [""]:
-            m = DAEMON_LINE.match(line)
-            if m or not line.strip():
-                if record and keep:
-                    found.extend(record)
-                record, keep = [], False
-                if not m:
-                    continue
-                if m.group("level") not in ("error", "warning"):
-                    continue
-                record = [line]
-                keep = bool(mention.search(line))
-                if not keep and window is not None:
-                    ts = _log_time(m.group("ts"))
-                    keep = ts is not None and window[0] - START_SLACK <= ts <= window[1] + START_SLACK
-            elif record:
-                record.append(line)
-                keep = keep or bool(mention.search(line))
-    if not seen_any and not problems:
-        problems.append("no daemon log file found (" + ", ".join(DAEMON_LOGS)
-                        + "): on systemd hosts see 'journalctl -u libvirtd -u virtqemud'")
-    return found, problems
-
 
 # --------------------------------------------------------------------------- ranking
 

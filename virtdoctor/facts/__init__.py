@@ -91,7 +91,7 @@ class HostFacts:
     processes_override: list[Proc] | None = None
     euid: int = field(default_factory=os.geteuid)
     environ: Mapping[str, str] | None = None  # None: this process's environment
-    # fake_host: host path -> {"mode", "uid", "gid", "rdev"} laid over what stat() finds
+    # fake_host: host path -> {"mode" | "type", "uid", "gid", "rdev"} laid over what stat() finds
     stat_overlay: Mapping[str, Mapping[str, int]] | None = field(default=None, repr=False)
     _conf_cache: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
     _memo: dict[Any, Any] = field(default_factory=dict, init=False, repr=False)
@@ -238,6 +238,8 @@ class HostFacts:
         mode, uid, gid, rdev = st.st_mode, st.st_uid, st.st_gid, st.st_rdev
         if self.stat_overlay and host_path in self.stat_overlay:
             fake = self.stat_overlay[host_path]
+            if "type" in fake:  # a faked file type over the real permission bits
+                mode = fake["type"] | _stat.S_IMODE(mode)
             mode, uid, gid, rdev = (fake.get("mode", mode), fake.get("uid", uid), fake.get("gid", gid),
                                     fake.get("rdev", rdev))
         accounts = self.accounts
@@ -365,6 +367,14 @@ class HostFacts:
         from virtdoctor.facts.daemon import read_layout
 
         return read_layout(self)
+
+    @cached_property
+    def logs(self):
+        """The log readers (facts.logs.Logs): daemon log files, QEMU's domain logs, the
+        journal, the audit log; one regex for a daemon log line."""
+        from virtdoctor.facts.logs import Logs
+
+        return Logs(self)
 
     @cached_property
     def links(self) -> dict[str, Link]:

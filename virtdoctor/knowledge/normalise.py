@@ -33,12 +33,11 @@ PREFIXES: tuple[tuple[str, str], ...] = (
 )
 _PREFIX_RE = re.compile("|".join(re.escape(p) for p, _ in PREFIXES))
 _CODE = dict(PREFIXES)
-_DAEMON_RE = re.compile(
-    r"^(?P<ts>\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(?:\.\d+)?[+-]\d{4}): (?P<thread>\d+): "
-    r"(?P<level>debug|info|warning|error) : (?:(?P<function>[A-Za-z_]\w*):(?P<lineno>\d+) : )?(?P<msg>.*)$"
-)
+# one regex for a daemon log line and one for a QEMU line, shared with the facts layer's log readers
+from virtdoctor.facts.logs import DAEMON_LINE as _DAEMON_RE  # noqa: E402
+from virtdoctor.facts.logs import QEMU_LINE as _QEMU_RE  # noqa: E402
+
 _HANDLER_RE = re.compile(r"libvirt: (?P<domain>[^:]*?) ?error : (?P<msg>.*)$")
-_QEMU_RE = re.compile(r"^(?P<ts>\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?Z) (?P<msg>.*)$")
 _STRERROR = {os.strerror(n): name for n, name in _errno.errorcode.items()}
 _ERRNO_RE = re.compile(": (" + "|".join(sorted((re.escape(s) for s in _STRERROR), key=len, reverse=True)) + r")\.?\s*$")
 
