@@ -2,7 +2,8 @@
 
 - `plan`: FixPlan and every action kind as frozen dataclasses, JSON both ways;
   `redefine_plan` for domain-XML edits (`edits`: the edit as operations).
-- executors by family: `files`, `commands`, `libvirt`, `daemons`.
+- executors by family: `files`, `commands`, `libvirt`, `daemons`; `executors`
+  maps each kind to its executor; `env.Env` is where they apply.
 - `engine`: lock, backup and manifest, apply, re-check, rollback, undo.
 
 Checks build plans (through virtdoctor.api); only this package writes, and
@@ -14,7 +15,8 @@ from virtdoctor.remedy.plan import (ACTION_KINDS, Action, ActionError, DefineDom
                                     SetConfKey, SetGroup, SetMode, StartNetwork, WriteFile, plan, redefine_plan)
 
 _ENGINE = {"DEFAULT_BACKUP_DIR", "EXECUTORS", "LOCK_PATH", "Backup", "Env", "FixLock", "Outcome", "apply_plan",
-           "atomic_write", "backup_path", "list_backups", "new_backup_dir", "restore_path", "rollback", "undo"}
+           "atomic_write", "backup_path", "change_state", "list_backups", "new_backup_dir", "restore_path",
+           "rollback", "undo", "undo_change"}
 
 
 def __getattr__(name: str):
@@ -24,39 +26,6 @@ def __getattr__(name: str):
 
         return getattr(engine, "atomic_write" if name == "_atomic_write" else name)
     raise AttributeError(f"module 'virtdoctor.remedy' has no attribute {name!r}")
-
-
-def undo_change(env: Env, change: dict) -> None:
-    """Reverse one recorded change (rollback and undo)."""
-    kind = change.get("kind")
-    if kind == "command":
-        from virtdoctor.remedy.commands import undo_command
-
-        undo_command(env, change)
-    elif kind == "domain":
-        from virtdoctor.remedy.libvirt import undo_domain
-
-        undo_domain(env, change)
-    elif kind == "network":
-        from virtdoctor.remedy.libvirt import undo_network
-
-        undo_network(env, change)
-    else:
-        raise ActionError(f"unknown change {kind!r} in the manifest")
-
-
-def change_state(env: Env, change: dict) -> dict:
-    """The current state of what a recorded change touched (compared by undo)."""
-    kind = change.get("kind")
-    if kind == "domain":
-        from virtdoctor.remedy.libvirt import domain_state
-
-        return domain_state(env, change)
-    if kind == "network":
-        from virtdoctor.remedy.libvirt import network_state
-
-        return network_state(env, change)
-    return {"kind": kind, "name": change.get("name", "")}
 
 
 __all__ = ["ACTION_KINDS", "Action", "ActionError", "Backup", "DEFAULT_BACKUP_DIR", "DefineDomain", "DefineNetwork",

@@ -5,12 +5,10 @@ from __future__ import annotations
 import os
 import time
 
-from virtdoctor.remedy.engine import Env, executor
 from virtdoctor.remedy.plan import ActionError, RunCommand
 
 
-@executor(RunCommand)
-def _run(a: RunCommand, env: Env) -> None:
+def _run(a: RunCommand, env) -> None:
     env.command(a.argv)
     if a.undo:
         env.record({"kind": "command", "name": a.command(), "undo": list(a.undo)})
@@ -22,5 +20,5 @@ def _run(a: RunCommand, env: Env) -> None:
             time.sleep(0.1)
 
 
-def undo_command(env: Env, change: dict) -> None:
+def undo_command(env, change: dict) -> None:
     env.command(change["undo"])

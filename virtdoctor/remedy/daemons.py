@@ -8,11 +8,10 @@ import signal
 import socket
 import time
 
-from virtdoctor.remedy.engine import Env, executor
 from virtdoctor.remedy.plan import ActionError, RestartDaemon
 
 
-def _alive(env: Env, name: str, pid: int) -> bool:
+def _alive(env, name: str, pid: int) -> bool:
     try:
         with open(env.path(f"/proc/{pid}/stat"), encoding="utf-8", errors="replace") as fh:
             data = fh.read()
@@ -23,7 +22,7 @@ def _alive(env: Env, name: str, pid: int) -> bool:
     return comm == name[:15] and state not in ("Z", "X")
 
 
-def _stop(a: RestartDaemon, env: Env) -> None:
+def _stop(a: RestartDaemon, env) -> None:
     mine = [p for p in a.pids if _alive(env, a.name, p)]
     for pid in mine:
         os.kill(pid, signal.SIGTERM)
@@ -40,7 +39,7 @@ def _stop(a: RestartDaemon, env: Env) -> None:
         time.sleep(0.05)
 
 
-def answers(env: Env, host_path: str) -> bool:
+def answers(env, host_path: str) -> bool:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(1.0)
     try:
@@ -52,8 +51,7 @@ def answers(env: Env, host_path: str) -> bool:
         s.close()
 
 
-@executor(RestartDaemon)
-def _restart(a: RestartDaemon, env: Env) -> None:
+def _restart(a: RestartDaemon, env) -> None:
     if a.pids and not env.fs.is_live:
         raise ActionError(f"not stopping processes of the live host for --root {env.root}")
     _stop(a, env)

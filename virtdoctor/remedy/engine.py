@@ -15,114 +15,23 @@ import fcntl
 import hashlib
 import json
 import os
-import shlex
 import shutil
 import stat
-import subprocess
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from virtdoctor.facts.files import ACL_XATTR
 from virtdoctor.model import ToolError
+from virtdoctor.remedy.env import Env
+from virtdoctor.remedy.executors import EXECUTORS, change_state, undo_change
+from virtdoctor.remedy.files import atomic_write
 from virtdoctor.remedy.plan import Action, ActionError, FixPlan
-from virtdoctor.root import Root
 
 DEFAULT_BACKUP_DIR = "/var/lib/virtdoctor/backups"
 LOCK_PATH = "/run/virtdoctor-fix.lock"
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 2
-
-# kind class -> (apply(action, env), preview(action, env) | None); filled by the family modules
-EXECUTORS: dict[type, tuple[Callable, Callable | None]] = {}
-
-
-def executor(cls, preview=None):
-    def reg(fn):
-        EXECUTORS[cls] = (fn, preview)
-        return fn
-
-    return reg
-
-
-def _load_families() -> None:
-    if not EXECUTORS:
-        from virtdoctor.remedy import commands, daemons, files, libvirt  # noqa: F401  (they register)
-
-
-def execute(action: Action, env: "Env") -> None:
-    _load_families()
-    entry = EXECUTORS.get(type(action))
-    if entry is None:
-        raise ActionError(f"no executor for {type(action).__name__}")
-    entry[0](action, env)
-
-
-def preview(action: Action, env: "Env") -> str:
-    _load_families()
-    entry = EXECUTORS.get(type(action))
-    return entry[1](action, env) if entry and entry[1] else ""
-
-
-@dataclass
-class Env:
-    """Where and how actions apply: the root (fake roots in tests), the backup
-    of this fix, a command runner and a read-write libvirt connection."""
-
-    root: str = "/"
-    backup_dir: str = ""
-    run: Callable[[list[str]], Any] | None = None
-    libvirt_open: Callable[[], Any] | None = None
-    accounts: Any = None
-    _conn: Any = None
-    backup: "Backup | None" = None
-
-    @property
-    def fs(self) -> Root:
-        return Root(self.root)
-
-    def path(self, host_path: str, *, follow: bool = True) -> str:
-        """The real path of a host path: below the root, symlinks resolved
-        inside it (virtdoctor.root), so nothing outside --root is written."""
-        return self.fs.real(host_path, follow=follow)
-
-    def resolve(self, host_path: str) -> str:
-        try:
-            return self.fs.resolve(host_path)
-        except Exception:  # a loop: the kernel reports it when the path is used
-            return host_path
-
-    def command(self, argv, timeout: float = 60) -> subprocess.CompletedProcess:
-        argv = list(argv)
-        if self.run is not None:
-            return self.run(argv)
-        if not self.fs.is_live:
-            raise ActionError(f"not running {argv[0]} on the live host for --root {self.root}")
-        try:
-            cp = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-        except FileNotFoundError as exc:
-            raise ActionError(f"{argv[0]}: not installed") from exc
-        except subprocess.TimeoutExpired as exc:
-            raise ActionError(f"{shlex.join(argv)} did not finish within {timeout:g} s") from exc
-        if cp.returncode != 0:
-            detail = (cp.stderr or cp.stdout).strip().splitlines()
-            raise ActionError(f"{shlex.join(argv)} failed ({cp.returncode}): {detail[-1] if detail else ''}")
-        return cp
-
-    def conn(self):
-        if self._conn is None:
-            if self.libvirt_open is None:
-                raise ActionError("no libvirt connection for this fix")
-            self._conn = self.libvirt_open()
-        return self._conn
-
-    def record(self, change: dict) -> None:
-        """Note what an action changed beyond files (domain, network, command)."""
-        if self.backup is not None:
-            self.backup.changes.append(change)
-            self.backup.save()
-
 
 # -- files: state, backup, restore ------------------------------------------------
 def file_state(real: str) -> dict[str, Any]:
@@ -203,29 +112,6 @@ def restore_path(env: Env, entry: dict) -> None:
                 os.removexattr(real, ACL_XATTR)
             except OSError:
                 pass
-
-
-def atomic_write(real: str, data: bytes, mode: int, uid: int | None, gid: int | None) -> None:
-    directory = os.path.dirname(real) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".virtdoctor-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        if uid is not None and gid is not None and os.geteuid() == 0:
-            os.chown(tmp, uid, gid)
-        os.replace(tmp, real)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dfd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 # -- the backup and its manifest ---------------------------------------------------
@@ -411,8 +297,6 @@ def rollback(env: Env, backup: Backup, done: list[Action]) -> list[str]:
 
 
 def restore(env: Env, backup: Backup) -> list[str]:
-    from virtdoctor.remedy import undo_change
-
     errors: list[str] = []
     env.backup_dir = backup.directory
     for change in reversed(backup.changes):
@@ -430,8 +314,6 @@ def restore(env: Env, backup: Backup) -> list[str]:
 
 def after_state(env: Env, backup: Backup) -> dict:
     """The state the fix left: each backed-up path, each changed domain and network."""
-    from virtdoctor.remedy import change_state
-
     files = {}
     for e in backup.files:
         real = env.path(e["path"], follow=False)

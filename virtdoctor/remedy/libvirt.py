@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import os
 
-from virtdoctor.remedy.engine import Env, executor
 from virtdoctor.remedy.plan import ActionError, DefineDomain, DefineNetwork, EditDomain, StartNetwork
 
 
@@ -16,7 +15,7 @@ def _lv():
     return libvirt
 
 
-def _secure_xml(env: Env, name: str) -> str:
+def _secure_xml(env, name: str) -> str:
     lv = _lv()
     try:
         dom = env.conn().lookupByName(name)
@@ -38,13 +37,7 @@ def rebuild(a: DefineDomain, current_xml: str) -> str:
     return a.new_xml
 
 
-def _domain_preview(a: DefineDomain, env: Env) -> str:
-    from virtdoctor.remedy.files import udiff
-
-    return udiff(f"/domain/{a.name}.xml", a.old_xml, a.new_xml)
-
-
-def _define(a: DefineDomain, env: Env) -> None:
+def _define(a: DefineDomain, env) -> None:
     lv = _lv()
     current = _secure_xml(env, a.name)
     new_xml = rebuild(a, current)
@@ -61,11 +54,9 @@ def _define(a: DefineDomain, env: Env) -> None:
     env.record({"kind": "domain", "name": a.name, "before": rel})
 
 
-executor(DefineDomain, _domain_preview)(_define)
-executor(EditDomain, _domain_preview)(_define)
 
 
-def _net_state(env: Env, name: str) -> dict:
+def _net_state(env, name: str) -> dict:
     lv = _lv()
     try:
         net = env.conn().networkLookupByName(name)
@@ -75,8 +66,7 @@ def _net_state(env: Env, name: str) -> dict:
             "persistent": bool(net.isPersistent())}
 
 
-@executor(StartNetwork)
-def _start_network(a: StartNetwork, env: Env) -> None:
+def _start_network(a: StartNetwork, env) -> None:
     lv = _lv()
     before = _net_state(env, a.name)
     try:
@@ -91,13 +81,7 @@ def _start_network(a: StartNetwork, env: Env) -> None:
         env.record({"kind": "network", "name": a.name, "before": before})
 
 
-def _define_network_preview(a: DefineNetwork, env: Env) -> str:
-    lines = "".join(f"+{line}\n" for line in a.xml.splitlines())
-    return f"--- /dev/null\n+++ b/network/{a.name}.xml\n{lines}"
-
-
-@executor(DefineNetwork, _define_network_preview)
-def _define_network(a: DefineNetwork, env: Env) -> None:
+def _define_network(a: DefineNetwork, env) -> None:
     lv = _lv()
     before = _net_state(env, a.name)
     if before["defined"]:
@@ -110,13 +94,13 @@ def _define_network(a: DefineNetwork, env: Env) -> None:
 
 
 # -- undo and the state a change left ----------------------------------------------
-def undo_domain(env: Env, change: dict) -> None:
+def undo_domain(env, change: dict) -> None:
     with open(os.path.join(env.backup_dir, change["before"]), encoding="utf-8") as fh:
         xml = fh.read()
     env.conn().defineXML(xml)
 
 
-def undo_network(env: Env, change: dict) -> None:
+def undo_network(env, change: dict) -> None:
     lv = _lv()
     before = change["before"]
     try:
@@ -139,10 +123,10 @@ def undo_network(env: Env, change: dict) -> None:
         net.create()
 
 
-def domain_state(env: Env, change: dict) -> dict:
+def domain_state(env, change: dict) -> dict:
     xml = _secure_xml(env, change["name"])
     return {"kind": "domain", "name": change["name"], "xml_sha256": hashlib.sha256(xml.encode()).hexdigest()}
 
 
-def network_state(env: Env, change: dict) -> dict:
+def network_state(env, change: dict) -> dict:
     return {"kind": "network", "name": change["name"], **_net_state(env, change["name"])}

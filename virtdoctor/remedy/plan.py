@@ -53,16 +53,12 @@ class Action:
     def describe(self) -> str:
         return self.command()
 
-    # execution goes through the executors (kept as methods for plugins and old callers)
+    # execution goes through the environment's executors (methods kept for plugins and callers)
     def preview(self, env) -> str:
-        from virtdoctor.remedy.engine import preview
-
-        return preview(self, env)
+        return env.preview(self)
 
     def apply(self, env) -> None:
-        from virtdoctor.remedy.engine import execute
-
-        execute(self, env)
+        env.execute(self)
 
     def rollback(self, env, backup=None) -> None:
         """Undo beyond restoring `touches` (third-party actions); built-in kinds
@@ -289,6 +285,13 @@ class DefineDomain(Action):
     def describe(self) -> str:
         return f"redefine domain {self.name} with the edited XML (validated by libvirt)"
 
+    def preview(self, env=None) -> str:
+        """The diff of the XML the checks saw against the edited XML (no I/O)."""
+        import difflib
+
+        return "".join(difflib.unified_diff(self.old_xml.splitlines(True), self.new_xml.splitlines(True),
+                                            fromfile=f"a/domain/{self.name}.xml", tofile=f"b/domain/{self.name}.xml"))
+
 
 @_kind("edit-domain")
 @dataclass(frozen=True)
@@ -338,6 +341,10 @@ class DefineNetwork(Action):
 
     def describe(self) -> str:
         return f"define network {self.name} from {self.source}"
+
+    def preview(self, env=None) -> str:
+        lines = "".join(f"+{line}\n" for line in self.xml.splitlines())
+        return f"--- /dev/null\n+++ b/network/{self.name}.xml\n{lines}"
 
 
 # -- plans -----------------------------------------------------------------------
