@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from virtdoctor.api import Auto, FactUnavailable, Fail, Pass, Severity, check, hookimpl, plan, redefine_plan
+from virtdoctor.api import Auto, FactUnavailable, Fail, Pass, RunCommand, check, hookimpl, plan, redefine_plan
 
 QEMU_CONF = "/etc/libvirt/qemu.conf"
 
@@ -168,8 +168,9 @@ def graphics_listen_address_missing(facts, dom):
     name = dom.name or "NAME"
     return Fail(f"{'; '.join(bad)}: QEMU fails with \"Failed to bind socket: Cannot assign requested address\"",
                 {"listens": [a for a, _ in listens]},
-                plan=plan("Listen on an address this host has", Auto.MANUAL, notes=[
-                    f"virt-xml {name} --edit --graphics listen=127.0.0.1   # then: ssh -L 5900:127.0.0.1:PORT host",
+                plan=plan("Listen on an address this host has", Auto.MANUAL,
+                          RunCommand(["virt-xml", name, "--edit", "--graphics", "listen=127.0.0.1"]), notes=[
+                    "then reach it through SSH: ssh -L 5900:127.0.0.1:PORT host",
                     "or set the listen address to one of: " + ", ".join(
                         sorted({str(a.ip) for a in facts.netstate.addresses if not a.ip.is_link_local}))]))
 

@@ -196,15 +196,23 @@ def dnsmasq_port_conflict(facts):
                 f"failed to create listening socket for {v4[0] if v4 else net.ips[0].ip}: Address already in use")
         pids = sorted({o.pid for _, procs in held for o in procs})
         notes = [f"{d}" for d in desc]
-        notes += ["reconfigure that server to leave libvirt's addresses alone; for a system dnsmasq (Debian's "
-                  "README.Debian): put 'interface=lo' and 'bind-interfaces' in /etc/dnsmasq.d/00_libvirtd.conf and "
-                  "restart it", f"then: virsh net-start {net.name}"]
+        acts = []
+        if any(o.name == "dnsmasq" for _, procs in held for o in procs):
+            # Debian's README.Debian ("The default NAT network"): the system dnsmasq stays on lo
+            acts.append(RunCommand(["sh", "-c", "printf 'interface=lo\\nbind-interfaces\\n' > "
+                                                "/etc/dnsmasq.d/00_libvirtd.conf"]))
+            notes.append("then restart the system dnsmasq (it reads /etc/dnsmasq.d)")
+        else:
+            notes.append("reconfigure that server to listen only on its own addresses (not 0.0.0.0 or "
+                         f"{v4[0] if v4 else net.ips[0].ip}), or stop it")
+        acts.append(RunCommand(_virsh(facts, "net-start", net.name)))
         results.append(Fail(f"network '{net.name}' cannot start its dnsmasq: {'; '.join(desc)} "
                             f"(\"dnsmasq: {text}\")",
                             {"network": net.name, "sockets": [s.endpoint for s, _ in held], "pids": pids},
                             key=net.name,
                             plan=plan(f"Free {', '.join(sorted({s.endpoint for s, _ in held}))} for network "
-                                      f"'{net.name}'", Auto.MANUAL, notes=notes)))
+                                      f"'{net.name}' (held by pid {', '.join(map(str, pids)) or 'unknown'})",
+                                      Auto.MANUAL, *acts, notes=notes)))
     return results or Pass(f"ports 53/67 free for network(s) {', '.join(n.name for n in waiting)}")
 
 
@@ -303,13 +311,14 @@ def bridge_netfilter_forward_drop(facts):
     if not uncovered:
         return Pass(f"FORWARD policy {policy}, but ACCEPT rules cover {', '.join(users)}", ev)
     chain = "DOCKER-USER" if docker else "FORWARD"
-    notes = [f"iptables -I {chain} -i {br} -o {br} -j ACCEPT" for br in uncovered]
+    acts = [RunCommand(["iptables", "-I", chain, "-i", br, "-o", br, "-j", "ACCEPT"]) for br in uncovered]
+    notes = []
     notes.append("or, if nothing on this host filters bridged traffic on purpose: "
                  "sysctl -w net.bridge.bridge-nf-call-iptables=0 (and persist it in /etc/sysctl.d)")
     who = "; ".join(f"{br}: {', '.join(users[br])}" for br in uncovered)
     return Fail(f"br_netfilter sends bridged frames through iptables and the FORWARD policy is {policy}: "
                 f"guests on host bridge(s) lose their traffic ({who})", ev,
-                plan=plan(f"Accept bridged traffic on {', '.join(uncovered)}", Auto.MANUAL, notes=notes))
+                plan=plan(f"Accept bridged traffic on {', '.join(uncovered)}", Auto.MANUAL, *acts, notes=notes))
 
 
 # -- ipv6-accept-ra-conflict ----------------------------------------------------------------------
@@ -394,21 +403,22 @@ def bridge_missing(facts, dom):
     missing = [(b, how) for b, how in wanted if b not in links]
     if not missing:
         return Pass(f"bridge(s) {', '.join(sorted({b for b, _ in wanted}))} exist")
-    notes, bad = [], []
+    notes, bad, acts = [], [], []
     for br, how in missing:
         conf = _configured(facts, br)
         if conf:
             bad.append(f"bridge {br} ({how}) is configured in {conf} but not up")
-            notes.append(f"ifup {br}   # declared in {conf}")
+            acts.append(RunCommand(["ifup", br]))
         else:
             bad.append(f"bridge {br} ({how}) does not exist and no ifupdown file declares it")
             notes.append(f"a typo? existing bridges: {', '.join(sorted(n for n, l in links.items() if l.is_bridge)) or 'none'}; "
-                         f"or create it: ip link add {br} type bridge && ip link set {br} up "
-                         "(persist it in /etc/network/interfaces with bridge_ports; needs bridge-utils)")
+                         "or create it (persist it in /etc/network/interfaces with bridge_ports; needs bridge-utils)")
+            acts += [RunCommand(["ip", "link", "add", br, "type", "bridge"]), RunCommand(["ip", "link", "set", br, "up"])]
     br0 = missing[0][0]
     return Fail(f"{'; '.join(bad)}: the start fails with \"Cannot get interface MTU on '{br0}': No such device\"",
                 {"missing": [b for b, _ in missing]},
-                plan=plan(f"Bring up or create bridge(s) {', '.join(b for b, _ in missing)}", Auto.MANUAL, notes=notes))
+                plan=plan(f"Bring up or create bridge(s) {', '.join(b for b, _ in missing)}", Auto.MANUAL, *acts,
+                          notes=notes))
 
 
 # -- macvtap-host-isolation (domain) ------------------------------------------------------------------
@@ -443,10 +453,10 @@ def macvtap_host_isolation(facts, dom):
     name = dom.name or "DOMAIN"
     return Fail(f"macvtap on {dev} (mode {mode}): the guest cannot reach the host at {', '.join(ips)} and the host "
                 f"cannot reach the guest over {dev}", {"lower": dev, "mode": mode, "host_addresses": ips},
-                plan=plan("Give the guest a path to the host", Auto.MANUAL, notes=[
-                    f"virsh attach-interface {name} network default --model virtio --config   # a second NIC for "
-                    f"host<->guest traffic",
-                    f"or replace macvtap by a Linux bridge over {dev} (<interface type='bridge'>)"]))
+                plan=plan("Give the guest a second NIC for host<->guest traffic", Auto.MANUAL,
+                          RunCommand(["virsh", "-c", _uri(facts), "attach-interface", name, "network", "default",
+                                      "--model", "virtio", "--config"]),
+                          notes=[f"or replace macvtap by a Linux bridge over {dev} (<interface type='bridge'>)"]))
 
 
 @hookimpl

@@ -5,7 +5,8 @@ Facts: `facts.devices` (/sys/bus/pci, /sys/kernel/iommu_groups,
 /sys/bus/usb, and every defined or running domain's <hostdev> claims)."""
 from __future__ import annotations
 
-from virtdoctor.api import Auto, FactUnavailable, Fail, Pass, Severity, Skip, check, hookimpl, plan, redefine_plan
+from virtdoctor.api import (Auto, FactUnavailable, Fail, Pass, RunCommand, Severity, Skip, check, hookimpl, plan,
+                            redefine_plan)
 
 
 def _hostdevs(root, kind: str) -> list:
@@ -32,7 +33,7 @@ def vfio_group_not_viable(facts, dom):
         return Pass("no PCI hostdev")
     mine = {facts.devices.pci_address_of(h): h.get("managed") == "yes" for h in hds}
     mine.pop(None, None)
-    problems, notes, ev = [], [], {}
+    problems, notes, ev, detach = [], [], {}, []
     for bdf, managed in mine.items():
         dev = facts.devices.pci_device(bdf)
         if dev is None:
@@ -46,19 +47,21 @@ def vfio_group_not_viable(facts, dom):
         ev[bdf] = {"group": dev.group, "members": {m.address: m.driver for m in members}}
         if not managed and dev.driver not in ("vfio-pci", "pci-stub"):
             problems.append(f"{bdf} (managed='no') is bound to {dev.driver or 'no driver'}, not vfio-pci")
-            notes.append(f"virsh nodedev-detach {dev.nodedev}")
+            detach.append(dev.nodedev)
         for m in members:
             if m.address == bdf or m.address in mine or m.is_bridge or m.driver in (None, "vfio-pci", "pci-stub"):
                 continue
             problems.append(f"group {dev.group} of {bdf} also holds {m.address} (class {m.pci_class}), still bound "
                             f"to host driver {m.driver}")
-            notes.append(f"virsh nodedev-detach {m.nodedev}   # {m.address}, now on {m.driver}")
+            detach.append(m.nodedev)
+            notes.append(f"{m.address} ({m.nodedev}) is now on {m.driver}")
     if not problems:
         return Pass(f"IOMMU group(s) of {', '.join(mine)} viable", ev)
     first_group = next((v["group"] for v in ev.values()), "N")
     notes.append("or assign those devices to the guest too; ACS-override patches are not a fix")
     return Fail("; ".join(problems) + f": QEMU fails with \"group {first_group} is not viable\"", ev,
                 plan=plan("Detach the rest of the IOMMU group from host drivers", Auto.MANUAL,
+                          *[RunCommand(["virsh", "nodedev-detach", n]) for n in dict.fromkeys(detach)],
                           notes=list(dict.fromkeys(notes))))
 
 

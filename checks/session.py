@@ -6,7 +6,7 @@ Facts: `facts.netstate.bridge_helper` (mode, security.capability xattr,
 bridge.conf with its includes), `facts.virtnets` (a network's bridge)."""
 from __future__ import annotations
 
-from virtdoctor.api import Auto, FactUnavailable, Fail, Pass, check, hookimpl, plan
+from virtdoctor.api import Auto, FactUnavailable, Fail, Pass, RunCommand, check, hookimpl, plan
 
 HELPER = "/usr/lib/qemu/qemu-bridge-helper"
 
@@ -49,33 +49,33 @@ def session_bridge_helper(facts, dom):
         return Pass("no bridged or network NIC")
     path = str(facts.conf_value("/etc/libvirt/qemu.conf", "bridge_helper", HELPER))
     helper = facts.netstate.bridge_helper(path)
-    problems, notes = [], []
+    problems, notes, actions = [], [], []
     ev = {"helper": path, "setuid": helper.setuid_root, "cap_net_admin": helper.cap_net_admin,
           "acl_file": helper.acl_file, "allowed": list(helper.allowed), "bridges": bridges}
     if not helper.exists:
         problems.append(f"{path} does not exist")
-        notes.append("apt-get install qemu-system-common   # ships qemu-bridge-helper")
+        actions.append(RunCommand(["apt-get", "install", "-y", "qemu-system-common"]))
     elif not helper.privileged:
         problems.append(f"{path} is neither setuid root nor cap_net_admin: \"failed to create tun device: "
                         "Operation not permitted\"")
-        notes.append(f"setcap cap_net_admin+ep {path}")
+        actions.append(RunCommand(["setcap", "cap_net_admin+ep", path]))
     if not helper.acl_exists:
         problems.append(f"{helper.acl_file} is missing: \"failed to parse default acl file `{helper.acl_file}'\"")
-        notes.append("mkdir -p /etc/qemu")
+        actions.append(RunCommand(["mkdir", "-p", "/etc/qemu"]))
     for br in dict.fromkeys(bridges):
         if not helper.allows(br):
             if helper.acl_exists:
                 problems.append(f"{helper.acl_file} does not allow {br}: \"access denied by acl file\"")
-            notes.append(f"echo 'allow {br}' >> {helper.acl_file}")
+            actions.append(RunCommand(["sh", "-c", f"echo 'allow {br}' >> {helper.acl_file}"]))
     if not problems:
         return Pass(f"bridge helper usable for {', '.join(dict.fromkeys(bridges))}", ev)
     if not helper.acl_exists:
-        notes.append(f"chmod 0644 {helper.acl_file}")
+        actions.append(RunCommand(["chmod", "0644", helper.acl_file]))
     notes.append("or use qemu:///system, or user-mode networking (<interface type='user'>)")
     return Fail("session NIC(s) on " + ", ".join(dict.fromkeys(bridges)) + " need qemu-bridge-helper: "
                 + "; ".join(problems), ev,
                 plan=plan("Let qemu-bridge-helper attach session guests to " + ", ".join(dict.fromkeys(bridges)),
-                          Auto.MANUAL, notes=notes))
+                          Auto.MANUAL, *actions, notes=notes))
 
 
 @hookimpl

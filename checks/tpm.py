@@ -22,8 +22,8 @@ def _missing_tools(facts) -> list[str]:
 
 def _install_plan(missing):
     return plan("Install swtpm and swtpm-tools", Auto.MANUAL,
-                notes=["apt-get install swtpm swtpm-tools",
-                       f"missing on the daemon's PATH: {', '.join(missing)}"])
+                RunCommand(["apt-get", "install", "-y", "swtpm", "swtpm-tools"]),
+                notes=[f"missing on the daemon's PATH: {', '.join(missing)}"])
 
 
 @check("swtpm-missing", scope="domain", area="tpm", severity="error",
@@ -42,8 +42,12 @@ def swtpm_missing(facts, dom):
     ev = {"tools": facts.devices.swtpm_tools, "path": path, "path_from": source}
     if not missing:
         return Pass(f"swtpm tools found on the PATH of {source}", ev)
-    return Fail(f"{', '.join(missing)} not on the PATH of {source}: the start fails with \"Unable to find "
-                f"'{missing[0]}' binary in $PATH: No such file or directory\"", ev, plan=_install_plan(missing))
+    # seen live (9.0.0): without swtpm the capabilities drop TPM 2.0 and define/start fail with
+    # "TPM version '2.0' is not supported"; a missing helper tool gives "Unable to find ..."
+    text = ("unsupported configuration: TPM version '2.0' is not supported" if "swtpm" in missing
+            else f"Unable to find '{missing[0]}' binary in $PATH: No such file or directory")
+    return Fail(f"{', '.join(missing)} not on the PATH of {source}: the define or start fails with \"{text}\"",
+                ev, plan=_install_plan(missing))
 
 
 @check("swtpm-missing", scope="host", area="tpm", severity="error",

@@ -5,7 +5,7 @@ Facts: `facts.devices` (vhost-user descriptors, executables), the connection's
 URI and libvirt version."""
 from __future__ import annotations
 
-from virtdoctor.api import Auto, FactUnavailable, Fail, Pass, check, hookimpl, plan, redefine_plan
+from virtdoctor.api import Auto, FactUnavailable, Fail, Pass, RunCommand, check, hookimpl, plan, redefine_plan
 
 SESSION_VIRTIOFS_SINCE = (10, 0, 0)  # kbase/virtiofs.rst, "Running unprivileged"
 
@@ -53,11 +53,13 @@ def virtiofsd_missing(facts, dom):
                     else "Unable to find a satisfying virtiofsd")
             detail = f" ({'; '.join(why)})" if why else " (no vhost-user descriptor of type fs)"
             problems.append(f"no usable virtiofsd{detail}: \"{text}\"")
-            notes.append("apt-get install qemu-system-common   # Debian 12: /usr/lib/qemu/virtiofsd and "
+            notes.append("Debian 12's qemu-system-common ships /usr/lib/qemu/virtiofsd and "
                          "/usr/share/qemu/vhost-user/50-qemu-virtiofsd.json")
     if not problems:
         return Pass("virtiofsd found")
-    return Fail("; ".join(dict.fromkeys(problems)), {}, plan=plan("Provide virtiofsd", Auto.MANUAL,
+    acts = [RunCommand(["apt-get", "install", "-y", "--reinstall", "qemu-system-common"])] \
+        if any("Debian 12" in n for n in notes) else []
+    return Fail("; ".join(dict.fromkeys(problems)), {}, plan=plan("Provide virtiofsd", Auto.MANUAL, *acts,
                                                                    notes=list(dict.fromkeys(notes))))
 
 

@@ -197,7 +197,9 @@ def test_wildcard_port_53_held_by_a_system_dnsmasq(fake_root):
     r = one(netconflict.dnsmasq_port_conflict, f)
     assert r.status is Status.FAIL and "dnsmasq (pid 4242: /usr/sbin/dnsmasq --keep-in-foreground)" in r.message
     assert "failed to create listening socket for 192.168.122.1: Address already in use" in r.message
-    assert r.plan.auto is Auto.MANUAL and any("bind-interfaces" in n for n in r.plan.notes)
+    assert r.plan.auto is Auto.MANUAL and "held by pid 4242" in r.plan.summary
+    assert any("bind-interfaces" in c and "00_libvirtd.conf" in c for c in r.plan.commands)
+    assert r.plan.commands[-1] == "virsh -c qemu:///system net-start default"
 
 
 def test_resolved_stub_and_libvirt_dnsmasq_do_not_conflict(fake_root):
@@ -266,7 +268,7 @@ def test_forward_drop_policy_with_bridged_guests(fake_root):
     f.netstate.__dict__["forward_rules"] = ["-A FORWARD -j LIBVIRT_FWX", "-A DOCKER-USER -j RETURN"]
     r = one(netconflict.bridge_netfilter_forward_drop, f)
     assert r.status is Status.FAIL and "br0: g" in r.message
-    assert r.plan.notes[0] == "iptables -I DOCKER-USER -i br0 -o br0 -j ACCEPT"
+    assert r.plan.commands == ["iptables -I DOCKER-USER -i br0 -o br0 -j ACCEPT"]
     f.netstate.__dict__["forward_rules"] = ["-A FORWARD -m physdev --physdev-is-bridged -j ACCEPT"]
     assert one(netconflict.bridge_netfilter_forward_drop, f).status is Status.PASS
 
@@ -299,9 +301,10 @@ def test_bridge_missing_tells_configured_from_typo(fake_root):
     f = host(fake_root)
     r = one(netconflict.bridge_missing, f, domain_xml(devices=BRIDGED))
     assert r.status is Status.FAIL and "configured in /etc/network/interfaces but not up" in r.message
-    assert r.plan.notes[0].startswith("ifup br0")
+    assert r.plan.commands == ["ifup br0"]
     r2 = one(netconflict.bridge_missing, f, domain_xml(devices=BRIDGED.replace("br0", "brr0")))
     assert "no ifupdown file declares it" in r2.message and "virbr0" in r2.plan.notes[0]
+    assert r2.plan.commands == ["ip link add brr0 type bridge", "ip link set brr0 up"]
     ok = one(netconflict.bridge_missing, f, domain_xml(devices=BRIDGED.replace("br0", "virbr0")))
     assert ok.status is Status.PASS
 
@@ -327,8 +330,9 @@ def test_session_bridge_helper_without_privilege_or_acl(fake_root):
     f = host(fake_root, networks=[net()], uri="qemu:///session")
     r = one(session.session_bridge_helper, f, domain_xml(devices=BRIDGED.replace("br0", "virbr0")))
     assert r.status is Status.FAIL and "failed to parse default acl file `/etc/qemu/bridge.conf'" in r.message
-    assert "setcap cap_net_admin+ep /usr/lib/qemu/qemu-bridge-helper" in r.plan.notes
-    assert "echo 'allow virbr0' >> /etc/qemu/bridge.conf" in r.plan.notes
+    assert r.plan.commands == ["setcap cap_net_admin+ep /usr/lib/qemu/qemu-bridge-helper", "mkdir -p /etc/qemu",
+                               "sh -c 'echo '\"'\"'allow virbr0'\"'\"' >> /etc/qemu/bridge.conf'",
+                               "chmod 0644 /etc/qemu/bridge.conf"]
 
 
 def test_session_bridge_helper_setuid_and_allowed(fake_root):
@@ -403,7 +407,7 @@ def test_swtpm_missing_on_the_daemons_path(fake_root):
     f = host(fake_root, domains=[domain_xml("w11", devices=TPM)])
     r = one(tpm.swtpm_missing, f, domain_xml(devices=TPM))
     assert r.status is Status.FAIL and "Unable to find 'swtpm_setup' binary in $PATH" in r.message
-    assert "libvirtd (pid 700)" in r.message and "apt-get install swtpm swtpm-tools" in r.plan.notes
+    assert "libvirtd (pid 700)" in r.message and r.plan.commands == ["apt-get install -y swtpm swtpm-tools"]
     h = one(tpm.swtpm_missing_host, f)
     assert h.status is Status.FAIL and "w11" in h.message
     fake_root.write("/usr/bin/swtpm_setup", "", 0o755)
@@ -505,7 +509,8 @@ def test_vfio_group_with_the_audio_function_on_a_host_driver(fake_root):
     r = one(passthrough.vfio_group_not_viable, f, domain_xml(devices=GPU))
     assert r.status is Status.FAIL and "0000:01:00.1" in r.message and "snd_hda_intel" in r.message
     assert "group 1 is not viable" in r.message and "0000:00:01.0" not in r.message
-    assert "virsh nodedev-detach pci_0000_01_00_1   # 0000:01:00.1, now on snd_hda_intel" in r.plan.notes
+    assert r.plan.commands == ["virsh nodedev-detach pci_0000_01_00_1"]
+    assert "0000:01:00.1 (pci_0000_01_00_1) is now on snd_hda_intel" in r.plan.notes
     both = GPU + GPU.replace("function='0x0'", "function='0x1'")
     assert one(passthrough.vfio_group_not_viable, f, domain_xml(devices=both)).status is Status.PASS
 

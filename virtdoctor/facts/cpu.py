@@ -36,7 +36,7 @@ def compare_cpu(facts, dom) -> CpuComparison:
             raise FactUnavailable(f"no CPU comparison recorded for {dom.name}")
         ok, msg = recorded[dom.name]
         return CpuComparison(ok, msg)
-    if not hasattr(lv, "call"):
+    if not hasattr(lv, "call_rw"):
         raise FactUnavailable("these libvirt facts cannot compare CPUs")
     xml = serialise(cpu)
 
@@ -54,4 +54,5 @@ def compare_cpu(facts, dom) -> CpuComparison:
                 return CpuComparison(False, msg)
             raise FactUnavailable(f"virConnectCompareHypervisorCPU: {msg}") from exc
 
-    return lv.call("virConnectCompareHypervisorCPU", ask)
+    # libvirt 9.0 refuses this read-only question on a read-only connection
+    return lv.call_rw("virConnectCompareHypervisorCPU", ask)

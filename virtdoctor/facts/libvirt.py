@@ -238,6 +238,17 @@ class LiveLibvirt(_Base):
         conn = self.connection()
         return self._with_deadline(what, lambda: fn(conn))
 
+    def call_rw(self, what: str, fn: Callable[[Any], Any]) -> Any:
+        """`call` on a read-write connection, for the few read-only questions libvirt 9.0 refuses
+        on a read-only one (virConnectCompareHypervisorCPU, domcapabilities): opened once, as
+        root it is allowed; for others libvirt says no and the check skips with that reason."""
+        self.connection()
+        if self._rw_conn is None:
+            libvirt = self._module()
+            self._rw_conn = self._with_deadline("virConnectOpen", lambda: libvirt.open(self.uri))
+        conn = self._rw_conn
+        return self._with_deadline(what, lambda: fn(conn))
+
     # -- reads ----------------------------------------------------------------
     def _capabilities_xml(self) -> str:
         return self.call("virConnectGetCapabilities", lambda c: c.getCapabilities())
