@@ -6,7 +6,7 @@ import posixpath
 
 from virtdoctor.api import (PersistModule, Auto, FactUnavailable, Fail, MakeDir, Pass, RunCommand, Severity, Warn,
                             WriteFile, check, hookimpl, plan)
-from virtdoctor.facts import platform as pf
+from virtdoctor.api import platformfacts as pf
 
 MODULES_LOAD = "/etc/modules-load.d/virtdoctor.conf"
 

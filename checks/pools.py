@@ -10,7 +10,7 @@ from virtdoctor.api import Auto, Fail, Pass, RunCommand, Skip, Warn, check, hook
 IMAGES_DIR = "/var/lib/libvirt/images"
 FULL_PCT = 99.0  # used space at which writes fail soon: error
 LOW_PCT = 95.0  # warning
-MIN_FREE = 256 << 20  # less than this available is full whatever the percentage
+MIN_FREE = 256 << 20  # less than this (or 2 % of a small filesystem) available is full
 
 
 def _manual(summary: str, *cmds: str, notes=()):
@@ -202,7 +202,7 @@ def pool_target_missing(facts):
 def _space_problem(sp):
     """(severity, text) for a filesystem's space, None when fine."""
     used = sp.used_pct
-    if sp.avail < MIN_FREE or used >= FULL_PCT:
+    if sp.avail < min(MIN_FREE, sp.total // 50) or used >= FULL_PCT:
         return "error", f"{_gib(sp.avail)} available of {_gib(sp.total)} ({used:.0f}% used)"
     if used >= LOW_PCT:
         return "warning", f"{_gib(sp.avail)} available of {_gib(sp.total)} ({used:.0f}% used)"

@@ -11,7 +11,7 @@ from virtdoctor.api import Auto, Fail, FactUnavailable, Pass, RunCommand, Skip, 
 PAUSED, SHUTOFF = 3, 5
 PAUSED_IOERROR = 5
 SHUTOFF_CRASHED = 3
-LOW_FREE = 256 << 20
+LOW_FREE = 256 << 20  # resume is offered with this much (or 5 % of a small filesystem) available
 OOM_RE = re.compile(r"Out of memory: Killed process (\d+) \((qemu-system-[^)]*|qemu-kvm)\)")
 SIGNAL_RE = re.compile(r"terminating on signal (\d+) from pid (\d+) \(([^)]*)\)")
 
@@ -59,7 +59,7 @@ def paused_io_error(facts, dom):
             sp = facts.storage.space(path)
             if sp is not None:
                 text += f" ({path}; {_gib(sp.avail)} available now)"
-                if sp.avail < LOW_FREE:
+                if sp.avail < min(LOW_FREE, sp.total // 20):
                     full.append(path)
         details.append(text)
     msg = ("domain is paused after a disk I/O error (\"paused (I/O error)\")"

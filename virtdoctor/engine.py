@@ -89,7 +89,7 @@ def _finding(chk: Check, r: Result, subject: str, facts, dom, knowledge) -> Find
         fix = fix_info(chk, r, subject, facts, dom, knowledge)
     return Finding(id=chk.slug, status=r.status, severity=severity, subject=subject, title=chk.title,
                    message=r.message or _default_message(r.status, chk), evidence=dict(r.evidence),
-                   fix=fix, area=chk.area, plan=plan)
+                   fix=fix, area=chk.area, plan=plan, key=r.key)
 
 
 def _default_message(status: Status, chk: Check) -> str:

@@ -110,6 +110,7 @@ class Finding:
     fix: FixInfo | None = None
     area: str = ""  # not part of the JSON contract: the report's grouping
     plan: Any = field(default=None, compare=False, repr=False)  # FixPlan attached by the check
+    key: str | None = field(default=None, compare=False, repr=False)  # Result.key: which of a check's results
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -11,6 +11,7 @@ Exit status: 0 when something matched (or the entry was printed), 1 when nothing
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import textwrap
@@ -20,6 +21,7 @@ from virtdoctor.model import ToolError
 _SLUGLIKE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*\Z")
 _STDIN_AS_LOG = 1 << 20  # larger standard input is scanned like a log file
 _SHOWN = 300  # characters of a matched line shown in text output
+_PROGRESS_FROM = 64 << 20  # logs from this size show progress on a terminal
 
 
 def add_parser(subparsers) -> None:
@@ -52,7 +54,16 @@ def run(args, ctx) -> int:
     if args.log:
         if args.target is not None:
             raise ToolError("explain: give either --log FILE or a SLUG/TEXT, not both")
-        return _report_log(kb.scan_log(args.log), kb, ctx)
+        from virtdoctor.render.progress import tracker
+
+        try:
+            size = os.path.getsize(args.log) if os.path.isfile(args.log) else None
+        except OSError:
+            size = None
+        with tracker(ctx.err, f"reading {os.path.basename(args.log)}", size, bytes_=True,
+                     at_least=_PROGRESS_FROM) as advance:
+            report = kb.scan_log(args.log, progress=advance)
+        return _report_log(report, kb, ctx)
     if args.target is None:
         raise ToolError("explain: give a SLUG, an error TEXT, - for standard input, or --log FILE")
     if args.target == "-":

@@ -74,11 +74,12 @@ def gather(ctx, args) -> tuple[Any, list, list[FixItem]]:
         if chk is None or f.plan is None:
             continue
         items.append(FixItem(f, chk, dom, f.plan, recheck=recheck_for(ctx, chk, f.subject,
-                                                                      dom.name if dom is not None else None)))
+                                                                      dom.name if dom is not None else None,
+                                                                      f.key)))
     return facts, findings, items
 
 
-def recheck_for(ctx, chk, subject, dom_name):
+def recheck_for(ctx, chk, subject, dom_name, key=None):
     def recheck():
         fresh = ctx.facts()
         dom = None
@@ -89,6 +90,11 @@ def recheck_for(ctx, chk, subject, dom_name):
             dom = domxml.from_info(info)
         results = [r for r in engine.run_check(chk, fresh, dom, _common.knowledge_lookup(ctx)) if r.subject == subject]
         bad = [r for r in results if r.status in (Status.FAIL, Status.ERROR)]
+        if key is not None and not any(r.status is Status.ERROR for r in bad):
+            # one of several keyed results (a pool, a network): only that one has to pass
+            bad = [r for r in bad if r.key == key]
+            if not bad:
+                return True, ""
         if bad:
             return False, bad[0].message
         if not any(r.status is Status.PASS for r in results):

@@ -171,6 +171,7 @@ def ordered_checks(checks: list) -> list:
 
 
 PARALLEL_MIN = 64  # inputs from which an --offline run spreads over the CPUs
+PROGRESS_FROM = 20  # documents from which a terminal shows progress
 _WORK: tuple = ()
 
 
@@ -184,10 +185,13 @@ def preflight(ctx, facts, checks, domains: list[domxml.Domain]) -> list:
             return _parallel(ctx, facts, checks, domains, workers)
         except Exception:  # anything odd (a finding that does not pickle...): the plain way
             pass
-    return _run_range(ctx, facts, checks, domains, range(len(domains)))
+    from virtdoctor.render.progress import tracker
+
+    with tracker(ctx.err, "checking", len(domains), at_least=PROGRESS_FROM) as advance:
+        return _run_range(ctx, facts, checks, domains, range(len(domains)), advance)
 
 
-def _run_range(ctx, facts, checks, domains, indices) -> list:
+def _run_range(ctx, facts, checks, domains, indices, advance=None) -> list:
     from virtdoctor import engine
 
     lookup = _common.knowledge_lookup(ctx)
@@ -195,6 +199,8 @@ def _run_range(ctx, facts, checks, domains, indices) -> list:
     for i in indices:
         for chk in checks:
             findings.extend(engine.run_check(chk, facts, domains[i], lookup))
+        if advance is not None:
+            advance(1)
     return findings
 
 

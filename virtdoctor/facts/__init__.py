@@ -390,6 +390,12 @@ class HostFacts:
                                 input=input, errors="replace", stdin=None if input is not None else subprocess.DEVNULL)
         except FileNotFoundError as exc:
             raise FactUnavailable(f"{argv[0]}: not installed") from exc
+        except PermissionError as exc:  # an unreadable directory on PATH: found nowhere else
+            import shutil
+
+            if shutil.which(argv[0]) is None:
+                raise FactUnavailable(f"{argv[0]}: not installed") from exc
+            raise FactUnavailable(f"{argv[0]}: {exc.strerror or exc}") from exc
         except subprocess.TimeoutExpired as exc:
             raise FactUnavailable(f"{' '.join(argv)} did not finish within {timeout:g} s") from exc
         except OSError as exc:

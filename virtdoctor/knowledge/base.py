@@ -60,6 +60,7 @@ class KnowledgeBase:
             self._scanner = LogScanner(self.patterns)
         return self._scanner
 
-    def scan_log(self, source) -> LogReport:
-        """Count each slug's lines in a log (see :meth:`LogScanner.scan`)."""
-        return self.scanner.scan(source)
+    def scan_log(self, source, progress=None) -> LogReport:
+        """Count each slug's lines in a log (see :meth:`LogScanner.scan`); `progress(n)` is
+        called with the bytes of each block (or worker share) scanned."""
+        return self.scanner.scan(source, progress)

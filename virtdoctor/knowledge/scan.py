@@ -213,7 +213,7 @@ class LogScanner:
         self._by_key = {k: [p for k2 in keys if k2.startswith(k) for p in by_key[k2]] for k in keys}
         self._scan_rx = _trie_regex(keys) if keys else None
 
-    def scan(self, source) -> LogReport:
+    def scan(self, source, progress=None) -> LogReport:
         """Count each slug's lines in a log: a path, a binary file object or an iterable of
         byte lines. Understands libvirtd (`2026-11-25 20:00:58.119+0000: ...`), QEMU
         (`2026-11-25T20:00:58.119142Z ...`), `journalctl -o short-iso[-precise]`,
@@ -224,18 +224,18 @@ class LogScanner:
             try:
                 size = os.stat(name).st_size if os.path.isfile(name) else 0
                 if size >= _PARALLEL_MIN and (os.cpu_count() or 1) > 1:
-                    report = self._scan_parallel(name, size)
+                    report = self._scan_parallel(name, size, progress)
                     if report is not None:
                         return report
                 with open(name, "rb") as fh:
-                    return self._scan_blocks(name, _file_blocks(fh))
+                    return self._scan_blocks(name, _file_blocks(fh), progress)
             except OSError as exc:
                 raise ToolError(f"cannot read {name}: {exc.strerror or exc}") from None
         if hasattr(source, "read"):
-            return self._scan_blocks(getattr(source, "name", "<stream>"), _file_blocks(source))
-        return self._scan_blocks("<lines>", _line_blocks(source))
+            return self._scan_blocks(getattr(source, "name", "<stream>"), _file_blocks(source), progress)
+        return self._scan_blocks("<lines>", _line_blocks(source), progress)
 
-    def _scan_parallel(self, name: str, size: int) -> LogReport | None:
+    def _scan_parallel(self, name: str, size: int, progress=None) -> LogReport | None:
         """Scan a large regular file on every core: byte ranges cut at line ends, one forked
         worker per range, reports merged in file order. None when workers cannot be had."""
         import concurrent.futures
@@ -259,7 +259,11 @@ class LogScanner:
         _FORK_SCANNER = self
         try:
             with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-                parts = list(pool.map(_scan_range, [name] * workers, cuts[:-1], cuts[1:]))
+                parts = []
+                for part in pool.map(_scan_range, [name] * workers, cuts[:-1], cuts[1:]):
+                    parts.append(part)
+                    if progress is not None:
+                        progress(part.bytes)
         except (OSError, concurrent.futures.process.BrokenProcessPool, PermissionError):
             return None
         finally:
@@ -281,13 +285,15 @@ class LogScanner:
                     mine._last_dt, mine.last = hit._last_dt, hit.last
         return report
 
-    def _scan_blocks(self, name: str, blocks: Iterator[bytes]) -> LogReport:
+    def _scan_blocks(self, name: str, blocks: Iterator[bytes], progress=None) -> LogReport:
         report = LogReport(str(name))
         unkeyed = self._unkeyed or []
         search = self._scan_rx.search if self._scan_rx is not None else None
         by_key = self._by_key
         for buf in blocks:
             report.bytes += len(buf)
+            if progress is not None:
+                progress(len(buf))
             report.lines += buf.count(b"\n")
             cands: dict[int, list[Pattern]] = {}
             m = search(buf) if search else None

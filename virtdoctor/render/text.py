@@ -9,6 +9,7 @@ from typing import TextIO
 
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
 
 from virtdoctor.model import Finding, Severity, Status, summarize
 
@@ -33,6 +34,21 @@ def mark(f: Finding) -> tuple[str, str]:
     return MARK.get(key, (f.status.value, ""))
 
 
+def hanging(console: Console, prefix: str, indent: int, body: str) -> None:
+    """Print `prefix` + `body` (both rich markup). On a terminal the body wraps at the
+    terminal's width with a hanging indent of `indent` columns, at spaces (never mid-word);
+    elsewhere the line is printed whole, as before (scripts and files see one line)."""
+    if not console.is_terminal:
+        console.print(prefix + body)
+        return
+    width = max(console.width - indent, 20)
+    lines = Text.from_markup(body).wrap(console, width, overflow="fold")
+    for i, line in enumerate(lines):
+        line.rstrip()
+        console.print(Text.from_markup(prefix) + line if i == 0 else Text(" " * indent) + line,
+                      soft_wrap=True)
+
+
 def render_findings(console: Console, findings: list[Finding], *, verbose: int = 0, title: str | None = None,
                     fix_hint: bool | str = True) -> None:
     if title:
@@ -51,10 +67,11 @@ def render_findings(console: Console, findings: list[Finding], *, verbose: int =
         for f in shown:
             word, style = mark(f)
             subject = "" if f.subject == "host" else f" [dim]{escape(f.subject)}[/dim]"
-            console.print(f"  [{style}]{word:<5}[/{style}] {escape(f.id)}{subject}: {escape(f.message or f.title)}")
+            hanging(console, f"  [{style}]{word:<5}[/{style}] ", 8,
+                    f"{escape(f.id)}{subject}: {escape(f.message or f.title)}")
             if f.status is Status.FAIL and f.fix:
-                console.print(f"        fix: {escape(f.fix.summary)}"
-                              + (f" [dim]({f.fix.auto.value})[/dim]" if f.fix.auto.value != "manual" else ""))
+                hanging(console, "        fix: ", 13, escape(f.fix.summary)
+                        + (f" [dim]({f.fix.auto.value})[/dim]" if f.fix.auto.value != "manual" else ""))
                 for cmd in f.fix.commands:
                     console.print(f"          $ {escape(cmd)}")
             if verbose > 1 and f.evidence:

@@ -155,7 +155,12 @@ def main():
     if module._diff:
         diffs = []
         for a in actions:
-            if a.get("status") not in ("planned", "fixed") or not a.get("diff"):
+            if a.get("status") not in ("planned", "fixed"):
+                continue
+            if not a.get("diff"):  # nothing file-shaped (a mode, a daemon): the plan itself
+                text = "# %s %s: %s\n" % (a["id"], a["subject"], a.get("summary", ""))
+                text += "".join("$ %s\n" % c for c in a.get("commands") or ())
+                diffs.append(dict(prepared=text))
                 continue
             for chunk in split_diff(a["diff"]):
                 name = header(chunk, a["subject"])
