@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 
 from virtdoctor.api import Auto, Fail, Pass, RunCommand, Skip, Warn, check, hookimpl, plan
-from virtdoctor.facts import tls as T
-from virtdoctor.facts.uri import parse_uri
+from virtdoctor.api import tlsfacts as T
+from virtdoctor.api import parse_uri
 
 RUN_DIR = "/run/libvirt"
 POLKIT_DIRS = ("/etc/polkit-1/rules.d", "/usr/share/polkit-1/rules.d")

@@ -15,7 +15,7 @@ UDEV_DIRS = ("/etc/udev/rules.d", "/run/udev/rules.d", "/usr/lib/udev/rules.d", 
 def qemu_identity(facts):
     """(label, uid, gids, account) QEMU processes will have for this URI:
     qemu.conf user/group on qemu:///system, the calling user on session."""
-    from virtdoctor.facts.uri import parse_uri
+    from virtdoctor.api import parse_uri
 
     uri = parse_uri(facts.resolved_uri) if not facts.offline else None
     if uri is not None and uri.path == "/session":

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from virtdoctor.api import (Action, Auto, FactUnavailable, Fail, MakeDir, Pass, RunCommand, Severity, Warn,
                             WriteFile, check, hookimpl, plan)
-from virtdoctor.facts import platform as pf
+from virtdoctor.api import platformfacts as pf
 
 MODULES_LOAD = "/etc/modules-load.d/virtdoctor.conf"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 
 from virtdoctor.api import Auto, Fail, MakeDir, Pass, SetMode, Warn, WriteFile, check, hookimpl, plan
-from virtdoctor.facts import tls as T
+from virtdoctor.api import tlsfacts as T
 
 _STATE_TEXT = {"missing": "No such file or directory", "dangling": "No such file or directory",
                "directory": "Is a directory"}

@@ -28,9 +28,14 @@ CPU_VMX = "processor\t: 0\nflags\t\t: fpu vme pae sse2 vmx lahf_lm\n"
 CPU_BARE = "processor\t: 0\nflags\t\t: fpu vme pae sse2 lahf_lm\n"
 
 
+# the kvm group of the fake hosts: 107 as on Debian when the suite runs as root; unprivileged,
+# the runner's own group, so a fix's real chgrp of the fake /dev/kvm is allowed
+KVM_GID = 107 if os.geteuid() == 0 else os.getegid()
+
+
 def host(root, cpuinfo=CPU_NESTED_HIDDEN, modules=None, sysmods=()):
     root.passwd([("root", 0, 0), ("libvirt-qemu", 64055, 64055), ("ann", 1000, 1000)])
-    root.group([("root", 0), ("kvm", 107, ["libvirt-qemu"]), ("libvirt-qemu", 64055), ("ann", 1000)])
+    root.group([("root", 0), ("kvm", KVM_GID, ["libvirt-qemu"]), ("libvirt-qemu", 64055), ("ann", 1000)])
     root.mkdir("/etc/libvirt")
     if cpuinfo is not None:
         root.write("/proc/cpuinfo", cpuinfo)
@@ -40,7 +45,7 @@ def host(root, cpuinfo=CPU_NESTED_HIDDEN, modules=None, sysmods=()):
         root.mkdir(f"/sys/module/{m}/parameters")
 
 
-def make_kvm_node(root, mode=0o660, gid=107):
+def make_kvm_node(root, mode=0o660, gid=KVM_GID):
     """/dev/kvm as crw-rw---- root:kvm 10:232, through the fake root's stat overlay (no root needed)."""
     return root.device("/dev/kvm", 10, 232, mode, 0, gid)
 
@@ -103,13 +108,13 @@ def test_dangling_device_symlink(fake_root):
 # -- kvm-device-permission ----------------------------------------------------------------------
 def test_permission_group_kvm_0660(fake_root):
     host(fake_root)
-    make_kvm_node(fake_root, 0o660, 107)
+    make_kvm_node(fake_root, 0o660, KVM_GID)
     assert one(K.kvm_device_permission, facts_for(fake_root)).status is Status.PASS
 
 
 def test_permission_0600_denies_qemu_and_fix_restores(fake_root, tmp_path):
     host(fake_root)
-    make_kvm_node(fake_root, 0o600, 107)
+    make_kvm_node(fake_root, 0o600, KVM_GID)
     facts = facts_for(fake_root)
     f = one(K.kvm_device_permission, facts)
     assert f.status is Status.FAIL
@@ -129,7 +134,7 @@ def test_permission_0600_denies_qemu_and_fix_restores(fake_root, tmp_path):
 
 def test_permission_stray_acl_mask_denies(fake_root):
     host(fake_root)
-    real = make_kvm_node(fake_root, 0o660, 107)
+    real = make_kvm_node(fake_root, 0o660, KVM_GID)
     acl = [AclEntry(USER_OBJ, 6, None), AclEntry(GROUP_OBJ, 6, None), AclEntry(GROUP, 6, 1000),
            AclEntry(MASK, 0, None), AclEntry(OTHER, 0, None)]
     try:

@@ -390,6 +390,12 @@ class HostFacts:
                                 input=input, errors="replace", stdin=None if input is not None else subprocess.DEVNULL)
         except FileNotFoundError as exc:
             raise FactUnavailable(f"{argv[0]}: not installed") from exc
+        except PermissionError as exc:  # an unreadable directory on PATH: found nowhere else
+            import shutil
+
+            if shutil.which(argv[0]) is None:
+                raise FactUnavailable(f"{argv[0]}: not installed") from exc
+            raise FactUnavailable(f"{argv[0]}: {exc.strerror or exc}") from exc
         except subprocess.TimeoutExpired as exc:
             raise FactUnavailable(f"{' '.join(argv)} did not finish within {timeout:g} s") from exc
         except OSError as exc:
@@ -407,6 +413,21 @@ class HostFacts:
         from virtdoctor.facts.install import read_installation
 
         return read_installation(self)
+
+    # -- stored definitions (facts/stored.py) ----------------------------
+    @cached_property
+    def stored_domains(self):
+        """Every /etc/libvirt/qemu/*.xml as the daemon would load it (facts.stored.StoredDomain)."""
+        from virtdoctor.facts.stored import read_stored
+
+        return tuple(read_stored(self))
+
+    @cached_property
+    def domain_load_errors(self):
+        """The daemon log's "Failed to load config for domain" records with their causes."""
+        from virtdoctor.facts.stored import read_load_errors
+
+        return tuple(read_load_errors(self))
 
     def _libvirt_not_installed(self, *, local_only: bool = False) -> str | None:
         """The one skip reason of every check that needs libvirt on a host without it."""
