@@ -417,11 +417,11 @@ def test_fix_recheck_of_one_keyed_result_ignores_the_others(root):
 
     pools = [PoolInfo("mine", "dir", True, True, "/srv/mine"), PoolInfo("other", "dir", False, True, "/srv/other")]
     ctx = SimpleNamespace(facts=lambda: mkfacts(root, pools=pools), knowledge={})
-    ok, _ = fixcmd._recheck(ctx, P.pool_inactive_host, "host", None, key="mine")()
+    ok, _ = fixcmd.recheck_for(ctx, P.pool_inactive_host, "host", None, key="mine")()
     assert ok
-    ok, msg = fixcmd._recheck(ctx, P.pool_inactive_host, "host", None, key="other")()
+    ok, msg = fixcmd.recheck_for(ctx, P.pool_inactive_host, "host", None, key="other")()
     assert not ok and "other" in msg
-    ok, msg = fixcmd._recheck(ctx, P.pool_inactive_host, "host", None)()  # unkeyed: any failure counts
+    ok, msg = fixcmd.recheck_for(ctx, P.pool_inactive_host, "host", None)()  # unkeyed: any failure counts
     assert not ok
     [f] = run(P.pool_inactive_host, mkfacts(root, pools=pools))
     assert f.key == "other"
