@@ -14,6 +14,7 @@ BUILTIN_PLUGINS = (
     "virtdoctor.checks.platform",    # vhost-net, tun, cgroups, IOMMU, secure guests
     "virtdoctor.checks.schema",      # libvirt's RelaxNG schema
     "virtdoctor.checks.definition",  # boot order, undefine, root disk
+    "virtdoctor.checks.stored",      # /etc/libvirt/qemu/*.xml the daemon does not load
     "virtdoctor.checks.storage",     # disks: bus, targets, sources, permissions, cache
     "virtdoctor.checks.pools",       # storage pools, pool targets, free space
     "virtdoctor.checks.images",      # backing chains, image formats, image locks, NFS

@@ -414,6 +414,21 @@ class HostFacts:
 
         return read_installation(self)
 
+    # -- stored definitions (facts/stored.py) ----------------------------
+    @cached_property
+    def stored_domains(self):
+        """Every /etc/libvirt/qemu/*.xml as the daemon would load it (facts.stored.StoredDomain)."""
+        from virtdoctor.facts.stored import read_stored
+
+        return tuple(read_stored(self))
+
+    @cached_property
+    def domain_load_errors(self):
+        """The daemon log's "Failed to load config for domain" records with their causes."""
+        from virtdoctor.facts.stored import read_load_errors
+
+        return tuple(read_load_errors(self))
+
     def _libvirt_not_installed(self, *, local_only: bool = False) -> str | None:
         """The one skip reason of every check that needs libvirt on a host without it."""
         from virtdoctor.facts.install import NOT_INSTALLED
