@@ -65,6 +65,32 @@ def vfio_group_not_viable(facts, dom):
                           notes=list(dict.fromkeys(notes))))
 
 
+def _each_domain(facts, func, what: str):
+    """A host/uri twin: `func` (the domain check) over every defined domain; one
+    failure naming the failing domains, with the first one's plan."""
+    failing = []
+    for dom in facts.domains:
+        r = func(facts, dom)
+        if r.status.value == "fail":
+            failing.append((dom.name, r))
+    if not failing:
+        return Pass(f"no defined domain {what}")
+    name, first = failing[0]
+    more = f" (also: {', '.join(n for n, _ in failing[1:])})" if failing[1:] else ""
+    return Fail(f"domain {name}: {first.message}{more}", {"domains": [n for n, _ in failing]},
+                severity=first.severity, plan=first.plan)
+
+
+@check("vfio-group-not-viable", scope="host", area="passthrough", severity="error",
+       title="IOMMU groups of every passed-through PCI device are viable", needs=("libvirt",), plans=True)
+def vfio_group_not_viable_host(facts):
+    """Looks at the <hostdev type='pci'> of every defined domain (the domain
+    check, over all): their IOMMU groups' members and driver bindings.
+    Why: a domain whose group is not viable fails to start ("group N is not viable").
+    Fix safety: manual (takes devices away from the host)."""
+    return _each_domain(facts, vfio_group_not_viable.func, "passes through a PCI device of a non-viable group")
+
+
 @check("hostdev-in-use", scope="domain", area="passthrough", severity="error",
        title="No other domain claims the domain's host devices", needs=("libvirt",), plans=True)
 def hostdev_in_use(facts, dom):
@@ -217,4 +243,4 @@ def usb_hostdev_missing(facts, dom):
 
 @hookimpl
 def virtdoctor_checks():
-    return [vfio_group_not_viable, hostdev_in_use, usb_hostdev_missing]
+    return [vfio_group_not_viable_host, vfio_group_not_viable, hostdev_in_use, usb_hostdev_missing]

@@ -78,6 +78,29 @@ def session_bridge_helper(facts, dom):
                           Auto.MANUAL, *actions, notes=notes))
 
 
+@check("session-bridge-helper", scope="uri", area="network", severity="error",
+       title="Session guests on bridges can use qemu-bridge-helper", needs=("libvirt",), plans=True)
+def session_bridge_helper_uri(facts):
+    """Looks, on a qemu:///session connection, at every defined domain's
+    bridged and network NICs (the domain check, over all).
+    Why: each of them fails to start without a privileged helper and a
+    bridge.conf allowing the bridge.
+    Fix safety: manual (grants privilege)."""
+    uri = facts.resolved_uri
+    if "/session" not in uri:
+        return Pass(f"{uri} is not a session connection")
+    failing = []
+    for dom in facts.domains:
+        r = session_bridge_helper.func(facts, dom)
+        if r.status.value == "fail":
+            failing.append((dom.name, r))
+    if not failing:
+        return Pass("no session domain needs the bridge helper, or it is usable")
+    name, first = failing[0]
+    more = f" (also: {', '.join(n for n, _ in failing[1:])})" if failing[1:] else ""
+    return Fail(f"domain {name}: {first.message}{more}", {"domains": [n for n, _ in failing]}, plan=first.plan)
+
+
 @hookimpl
 def virtdoctor_checks():
-    return [session_bridge_helper]
+    return [session_bridge_helper_uri, session_bridge_helper]

@@ -63,6 +63,32 @@ def virtiofsd_missing(facts, dom):
                                                                    notes=list(dict.fromkeys(notes))))
 
 
+def _each_domain(facts, func, what: str):
+    """A host/uri twin: `func` (the domain check) over every defined domain; one
+    failure naming the failing domains, with the first one's plan."""
+    failing = []
+    for dom in facts.domains:
+        r = func(facts, dom)
+        if r.status.value == "fail":
+            failing.append((dom.name, r))
+    if not failing:
+        return Pass(f"no defined domain {what}")
+    name, first = failing[0]
+    more = f" (also: {', '.join(n for n, _ in failing[1:])})" if failing[1:] else ""
+    return Fail(f"domain {name}: {first.message}{more}", {"domains": [n for n, _ in failing]},
+                severity=first.severity, plan=first.plan)
+
+
+@check("virtiofsd-missing", scope="host", area="virtiofs", severity="error",
+       title="Domains with virtiofs filesystems find virtiofsd", needs=("libvirt",), plans=True)
+def virtiofsd_missing_host(facts):
+    """Looks at every defined domain's virtiofs filesystems against the
+    vhost-user descriptors and <binary path> (the domain check, over all).
+    Why: each such domain fails to start without virtiofsd.
+    Fix safety: manual (installs a package or edits <binary path>)."""
+    return _each_domain(facts, virtiofsd_missing.func, "lacks virtiofsd")
+
+
 def _shared(root) -> bool:
     if root.find("memoryBacking/access[@mode='shared']") is not None:
         return True
@@ -157,6 +183,19 @@ def virtiofs_session_unsupported(facts, dom):
                     "or upgrade to libvirt >= 10.0 (unprivileged virtiofs with id-mapping)"]))
 
 
+@check("virtiofs-session-unsupported", scope="uri", area="virtiofs", severity="error",
+       title="No defined domain needs virtiofs where this connection cannot run it", needs=("libvirt",), plans=True)
+def virtiofs_session_unsupported_uri(facts):
+    """Looks, on a session connection, at every defined domain's virtiofs
+    filesystems (the domain check, over all).
+    Why: libvirt 9.x refuses virtiofs in session mode.
+    Fix safety: manual."""
+    if "/session" not in facts.resolved_uri:
+        return Pass(f"{facts.resolved_uri} is not a session connection")
+    return _each_domain(facts, virtiofs_session_unsupported.func, "uses virtiofs")
+
+
 @hookimpl
 def virtdoctor_checks():
-    return [virtiofsd_missing, virtiofs_shared_memory_missing, virtiofs_session_unsupported]
+    return [virtiofsd_missing_host, virtiofsd_missing, virtiofs_shared_memory_missing,
+            virtiofs_session_unsupported_uri, virtiofs_session_unsupported]

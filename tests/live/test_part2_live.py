@@ -314,3 +314,107 @@ def test_state_change_lock(libvirt_conn, vm_xml, define_vm, run_virtdoctor):
     finally:
         os.kill(pid, 18)  # SIGCONT
         dom.destroy()
+
+
+# -- hugepages-unavailable ---------------------------------------------------------------------------
+HUGE_NR = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
+
+
+def _hugetlbfs_mounts() -> list[str]:
+    return [line.split()[1] for line in open("/proc/mounts") if line.split()[2:3] == ["hugetlbfs"]]
+
+
+def test_hugepages_unavailable(libvirt_conn, vm_xml, define_vm, run_virtdoctor, daemon_guard):
+    """No systemd here, so nothing mounts hugetlbfs: libvirt refuses <hugepages/>. The fix
+    mounts it on /dev/hugepages and reserves the pages; libvirt reads the mounts when it starts,
+    so the daemon is restarted before the proof start. The host is put back afterwards."""
+    if _hugetlbfs_mounts():
+        pytest.fail(f"this host already mounts hugetlbfs ({_hugetlbfs_mounts()}); the test needs the bare host")
+    name = "vdtest-p2-huge"
+    nr_before = open(HUGE_NR).read().strip()
+    xml = vm_xml(name, memory_mib=64).replace(
+        "  <os>", "  <memoryBacking><hugepages/></memoryBacking>\n  <os>", 1)
+    dom = define_vm(xml)
+    text = "hugetlbfs filesystem is not mounted or disabled by administrator config"
+    try:
+        assert text in start_error(dom)
+        rc, doc = diagnose(run_virtdoctor, name)
+        cause = first_cause(doc, "hugepages-unavailable")
+        assert cause["confirmed"] and cause["fix"]["auto"] == "safe", cause
+        assert apply_printed_fix(run_virtdoctor, cause)
+        assert "/dev/hugepages" in _hugetlbfs_mounts()
+        assert int(open(HUGE_NR).read()) >= 32
+        assert finding(run_virtdoctor, "hugepages-unavailable", name)["status"] == "pass"
+        daemon_guard.stop("libvirtd")
+        daemon_guard.restore()  # the daemon reads hugetlbfs mounts at start
+        conn = vmhelpers.wait_for_uri(vmhelpers.live_uri(), 30)
+        try:
+            vmhelpers.start_and_prove(conn.lookupByName(name))
+        finally:
+            conn.close()
+    finally:
+        try:
+            conn2 = vmhelpers.wait_for_uri(vmhelpers.live_uri(), 30)
+            vmhelpers.undefine_domain(conn2, name)
+            conn2.close()
+        except Exception:
+            pass
+        for mnt in _hugetlbfs_mounts():
+            subprocess.run(["umount", mnt], capture_output=True) if mnt == "/dev/hugepages" else None
+        if os.path.isdir("/dev/hugepages") and "/dev/hugepages" not in _hugetlbfs_mounts():
+            try:
+                os.rmdir("/dev/hugepages")
+            except OSError:
+                pass
+        with open(HUGE_NR, "w") as fh:
+            fh.write(nr_before + "\n")
+        # and a daemon that forgot the mount again (it keeps the list it read at start)
+        daemon_guard.stop("libvirtd")
+        daemon_guard.restore()
+        vmhelpers.wait_for_uri(vmhelpers.live_uri(), 30).close()
+
+
+# -- dynamic-ownership-disabled ------------------------------------------------------------------------
+def test_dynamic_ownership_disabled(libvirt_conn, vm_xml, define_vm, run_virtdoctor, daemon_guard, file_guard):
+    """qemu.conf dynamic_ownership = 0 and a root-owned 0600 raw image: QEMU (libvirt-qemu)
+    cannot open it. The check names the cause, its safe fix chowns the image, the VM starts."""
+    conf = "/etc/libvirt/qemu.conf"
+    guard = file_guard(conf)
+    file_guard_restore = lambda _path: guard.restore()  # noqa: E731
+    name = "vdtest-p2-dynown"
+    image = vmhelpers.IMAGES_DIR / f"{name}.img"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(image), "8M"], check=True)
+    os.chown(image, 0, 0)
+    os.chmod(image, 0o600)
+    try:
+        with open(conf, "a") as fh:
+            fh.write("\ndynamic_ownership = 0\n")
+        daemon_guard.stop("libvirtd")
+        daemon_guard.restore()
+        conn = vmhelpers.wait_for_uri(vmhelpers.live_uri(), 30)
+        disk = ("    <disk type='file' device='disk'>\n      <driver name='qemu' type='raw'/>\n"
+                f"      <source file='{image}'/>\n      <target dev='vda' bus='virtio'/>\n    </disk>\n")
+        dom = conn.defineXML(vm_xml(name, devices=disk))
+        try:
+            text = start_error(dom)
+            assert f"Could not open '{image}': Permission denied" in text
+            host = finding(run_virtdoctor, "dynamic-ownership-disabled")
+            assert host["status"] == "fail" and host["fix"]["auto"] == "manual"
+            f = finding(run_virtdoctor, "dynamic-ownership-disabled", name)
+            assert f["status"] == "fail" and f["fix"]["auto"] == "safe", f
+            rc, doc = diagnose(run_virtdoctor, name)
+            ids = [c["id"] for c in doc["causes"]]
+            print(f"causes: {[(c['id'], c['tier']) for c in doc['causes'][:4]]}", file=sys.stderr)
+            assert "dynamic-ownership-disabled" in ids[:2], ids
+            rc, out, err = vd(run_virtdoctor, "--format", "json", "fix", "--yes", "--only", "dynamic-ownership-disabled",
+                              "--domain", name)
+            assert os.stat(image).st_uid != 0, (out, err)
+            vmhelpers.start_and_prove(conn.lookupByName(name))
+        finally:
+            vmhelpers.undefine_domain(conn, name)
+            conn.close()
+    finally:
+        image.unlink(missing_ok=True)
+        file_guard_restore(conf)
+        daemon_guard.stop("libvirtd")
+        daemon_guard.restore()  # reads the restored qemu.conf

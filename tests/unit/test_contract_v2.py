@@ -106,3 +106,17 @@ def test_output_file_when_the_tool_fails(validator, capsys, tmp_path):
     assert rc == 3 and err.startswith("virtdoctor: no domain named")
     doc = valid(validator, dest.read_text(), "diagnose")
     assert doc["error"].startswith("no domain named 'no-such-vm'")
+
+
+def test_output_file_of_fix_in_text_mode(validator, root, capsys, tmp_path):
+    dest = tmp_path / "fix.json"
+    rc, out, _ = run(capsys, "--offline", "--root", root, "--output", dest, "fix", "--dry-run")
+    assert "plan" in out
+    assert valid(validator, dest.read_text(), "fix")["actions"]
+
+
+def test_output_file_of_explain_in_text_mode(validator, capsys, tmp_path):
+    dest = tmp_path / "explain.json"
+    rc, out, _ = run(capsys, "--output", dest, "explain", "Could not access KVM kernel module: Permission denied")
+    assert rc == 0 and "kvm-device-permission" in out
+    assert valid(validator, dest.read_text(), "explain")["matches"][0]["id"] == "kvm-device-permission"

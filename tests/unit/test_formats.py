@@ -121,7 +121,9 @@ def test_prometheus_textfile_series(root, capsys, tmp_path):
     got = {(s.labels["id"], s.labels["subject"], s.labels["status"], s.labels["severity"])
            for s in fams["virtdoctor_finding"].samples}
     assert got == {(f["id"], f["subject"], f["status"], f["severity"]) for f in bad}
-    assert all(s.value == 1 for s in fams["virtdoctor_finding"].samples)
+    for s in fams["virtdoctor_finding"].samples:
+        assert s.value == sum((f["id"], f["subject"], f["status"]) == (s.labels["id"], s.labels["subject"],
+                                                                      s.labels["status"]) for f in bad)
     by_status = {s.labels["status"]: s.value for s in fams["virtdoctor_checks"].samples}
     assert by_status == {k: float(v) for k, v in doc["summary"].items()}
     assert fams["virtdoctor_last_run_exit_code"].samples[0].value == rc

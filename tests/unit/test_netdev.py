@@ -568,3 +568,27 @@ def test_usb_hostdev_on_a_host_without_usb_bus_is_dropped(fake_root):
     dom = domxml.parse_domain(domain_xml(devices=USB.format(policy="", v="1234", p="5678")), "x.xml")
     tree, _ = domxml.edit_copy(dom, passthrough._drop([0]))
     assert "hostdev" not in domxml.serialise(tree)
+
+
+# -- host/uri twins: the domain checks over every defined domain ----------------------------------------
+def test_twins_name_the_failing_domains(fake_root):
+    pci(fake_root, "0000:01:00.0", 1, "nouveau")
+    pci(fake_root, "0000:01:00.1", 1, "snd_hda_intel", "0x040300")
+    fs = domain_xml("share", devices=FS.format(binary=""))
+    gpu = domain_xml("gaming", devices=GPU)
+    plain = domain_xml("plain")
+    bridged = domain_xml("lan", devices=BRIDGED.replace("br0", "virbr0"))
+    f = host(fake_root, domains=[fs, gpu, plain, bridged])
+    r = one(virtiofs.virtiofsd_missing_host, f)
+    assert r.status is Status.FAIL and r.message.startswith("domain share: ") and r.evidence["domains"] == ["share"]
+    r = one(passthrough.vfio_group_not_viable_host, f)
+    assert r.status is Status.FAIL and "domain gaming: " in r.message and r.plan.commands
+    assert one(session.session_bridge_helper_uri, f).status is Status.PASS  # qemu:///system
+    s = host(fake_root, domains=[fs, plain, bridged], uri="qemu:///session")
+    r = one(session.session_bridge_helper_uri, s)
+    assert r.status is Status.FAIL and r.evidence["domains"] == ["lan"]
+    r = one(virtiofs.virtiofs_session_unsupported_uri, s)
+    assert r.status is Status.FAIL and r.evidence["domains"] == ["share"]
+    clean = host(fake_root, domains=[plain])
+    assert one(virtiofs.virtiofsd_missing_host, clean).status is Status.PASS
+    assert one(passthrough.vfio_group_not_viable_host, clean).status is Status.PASS

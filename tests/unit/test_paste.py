@@ -132,3 +132,17 @@ def test_explain_finds_the_message_in_an_ansible_paste_on_stdin(capsys, monkeypa
     status = main(["--format", "json", "explain", "-"])
     doc = json.loads(capsys.readouterr().out)
     assert status == 0 and doc["matches"][0]["id"] == "kvm-device-permission"
+
+
+def test_an_unknown_message_is_read_from_inside_its_wrapper():
+    from virtdoctor.knowledge.unwrap import innermost
+
+    text = "virError(Code=1, Domain=10, Message='internal error: something new happened')"
+    parsed = parse_error(innermost(text))
+    assert parsed["code"] == "VIR_ERR_INTERNAL_ERROR" and parsed["detail"] == "something new happened"
+    ansible = 'fatal: [h]: FAILED! => {"changed": false, "msg": "operation failed: it \\"broke\\""}'
+    assert parse_error(innermost(ansible))["detail"] == 'it "broke"'
+    kubevirt = ('server error. command SyncVMI failed: "LibvirtError(Code=1, Domain=10, '
+                "Message='internal error: new\\\"ish')\"")
+    assert parse_error(innermost(json.dumps({"msg": kubevirt})))["detail"] == 'new"ish'
+    assert innermost("libvirt: QEMU Driver error : x") == "libvirt: QEMU Driver error : x"

@@ -196,8 +196,9 @@ def _print_entry(entry, ctx) -> int:
 
 def _print_unknown(text: str, ctx) -> None:
     from virtdoctor.knowledge import parse_error
+    from virtdoctor.knowledge.unwrap import innermost
 
-    parsed = parse_error(text)
+    parsed = parse_error(innermost(text))
     _json(ctx, {"matches": [], "parsed": parsed})
     if ctx.fmt == "json":
         return

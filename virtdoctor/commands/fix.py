@@ -150,9 +150,10 @@ def run(args, ctx) -> int:
             lock.__exit__(None, None, None)
     if text and any(o["status"] == "planned" for o in outcomes):
         con.print("\nNothing was changed. Apply with 'virtdoctor fix --yes' (add --unsafe for guest-visible fixes).")
-    if ctx.fmt == "json":
+    if ctx.fmt == "json" or ctx.run.output:  # --output FILE gets the document in any format
         doc = jsonr.document("fix", _common.target(ctx, facts), findings, actions=outcomes)
-        jsonr.dump(doc, ctx.out)
+        if ctx.fmt == "json":
+            jsonr.dump(doc, ctx.out)
     statuses = {o["status"] for o in outcomes if not o.get("passes")}
     if statuses & {"failed", "rolled-back"}:
         return 2

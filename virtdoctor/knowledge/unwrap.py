@@ -174,16 +174,7 @@ def unwrap_lines(text: str) -> list[str]:
     return ["\n".join(joined_tight), "\n".join(joined_space)]
 
 
-def variants(text: str) -> list[str]:
-    """The text, then every distinct reading of it (see the module docstring)."""
-    out = [text]
-    if len(text) > _MAX_TEXT:
-        return out
-
-    def add(t: str) -> None:
-        if t and t not in out:
-            out.append(t)
-
+def _layers(text: str) -> list[str]:
     base = text.replace("\r\n", "\n")
     if _QUOTE.search(base):
         base = _QUOTE.sub("", base)
@@ -197,6 +188,32 @@ def variants(text: str) -> list[str]:
             break
         layers.append(nxt)
         cur = nxt
+    return layers
+
+
+def innermost(text: str, _depth: int = 0) -> str:
+    """The message itself, for reading an unknown one: the message found inside the first
+    known wrapper, read again while it is itself wrapped (at most three levels); else the
+    text as it is (parse_error reads log headers itself)."""
+    if len(text) > _MAX_TEXT or _depth >= 3:
+        return text
+    msgs = _extract(text.replace("\r\n", "\n"))
+    if not msgs:
+        return text
+    return innermost(msgs[0], _depth + 1)
+
+
+def variants(text: str) -> list[str]:
+    """The text, then every distinct reading of it (see the module docstring)."""
+    out = [text]
+    if len(text) > _MAX_TEXT:
+        return out
+
+    def add(t: str) -> None:
+        if t and t not in out:
+            out.append(t)
+
+    layers = _layers(text)
     readings: list[str] = []
     for layer in layers:
         readings.append(layer)

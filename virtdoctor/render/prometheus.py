@@ -7,7 +7,8 @@ message or a path, so the series set stays small and stable):
   virtdoctor_check_failures{id,severity}   one per check that ran, always present:
                                            its failing findings (0 when it passes)
   virtdoctor_finding{id,severity,subject,status}
-                                           1 per non-passing finding (fail, skip, error)
+                                           per non-passing finding (fail, skip, error):
+                                           how many (a check may fail on several pools of a host)
   virtdoctor_checks{status}                findings per status (pass, fail, skip, error)
   virtdoctor_last_run_timestamp_seconds    when the run started (Unix time)
   virtdoctor_last_run_duration_seconds     how long it took
@@ -82,7 +83,8 @@ def exposition(doc: dict[str, Any] | None, code: int, checks: Iterable[tuple[str
                         ["id", "severity", "subject", "status"], **run)
         for f in findings:
             if f["status"] != "pass":
-                finding.labels(f["id"], f.get("severity", "error"), f.get("subject", "host"), f["status"]).set(1)
+                # several findings of one check on one subject (e.g. two pools): one series, their count
+                finding.labels(f["id"], f.get("severity", "error"), f.get("subject", "host"), f["status"]).inc()
         by_status = Gauge("virtdoctor_checks", "Findings of the last run by status", ["status"], **run)
         for s in STATUSES:
             by_status.labels(s).set(sum(f["status"] == s for f in findings))
