@@ -82,7 +82,7 @@ def _group_names(facts, gids) -> list[str]:
 
 
 @check("non-root-access", scope="host", area="connection", severity="warning",
-       title="Normal users can reach the system daemon", needs=("libvirt-installed",))
+       title="Normal users can reach the system daemon", needs=("libvirt-installed",), plans=True)
 def non_root_access(facts):
     """Looks at the system socket (mode, group, POSIX ACL), libvirtd.conf's unix_sock_group,
     unix_sock_rw_perms and auth_unix_rw, the polkit rules for org.libvirt.unix.manage, the
@@ -154,22 +154,21 @@ def non_root_access(facts):
                         f"virsh without -c uses {uri.uri} for {acct.name}, which holds only your own VMs; the "
                         f"{len(system_vms)} system VM(s) are in qemu:///system: export "
                         "LIBVIRT_DEFAULT_URI=qemu:///system (or virsh -c qemu:///system)",
-                        ev, key=acct.name))
+                        ev, key=acct.name, plan=advise_group([], system_domains=True)))
                     continue
         if problems:
             ev["fix_commands"] = fixes
-            results.append(Warn(f"{acct.name} ({why}): " + "; ".join(problems), ev, key=acct.name))
+            results.append(Warn(f"{acct.name} ({why}): " + "; ".join(problems), ev, key=acct.name,
+                                plan=advise_group(fixes, system_domains=False)))
         else:
             results.append(Pass(f"{acct.name} ({why}) can use {s['socket']}"
                                 + (" (polkit rule for its group)" if s["auth"] == "polkit" else ""), ev, key=acct.name))
     return results
 
 
-@non_root_access.fixer
-def advise_group(finding, facts):
-    cmds = finding.evidence.get("fix_commands") or []
+def advise_group(cmds: list[str], *, system_domains: bool):
     notes = ["the user must log in again (or run 'newgrp libvirt') for a new group to apply"]
-    if finding.evidence.get("system_domains"):
+    if system_domains:
         notes = ["add 'export LIBVIRT_DEFAULT_URI=qemu:///system' to the user's shell profile"]
     return plan("Give the user access to the system daemon", Auto.MANUAL,
                 *[RunCommand(c.split(), c) for c in cmds], notes=notes)
@@ -177,7 +176,7 @@ def advise_group(finding, facts):
 
 # -- URIs -----------------------------------------------------------------------------------
 @check("uri-implies-tls", scope="uri", area="connection", severity="error",
-       title="The URI means the transport you expect")
+       title="The URI means the transport you expect", plans=True)
 def uri_implies_tls(facts):
     """Looks at the URI in use (-c, LIBVIRT_DEFAULT_URI, uri_default, after uri_aliases of
     libvirt.conf): `qemu://HOST/system` (two slashes, a host, no +transport) means TLS.
@@ -204,23 +203,21 @@ def uri_implies_tls(facts):
     if local:
         return Fail(f"{uri.uri} names this host with two slashes, which means TLS: without certificates it "
                     f"fails with \"Cannot read CA certificate '{ca}': No such file or directory\"; for the "
-                    f"local daemon use {uri.driver}:///{uri.path.lstrip('/') or 'system'}", ev)
+                    f"local daemon use {uri.driver}:///{uri.path.lstrip('/') or 'system'}", ev,
+                    plan=advise_uri(uri, local=True))
     if not ev["ca_exists"]:
         return Fail(f"{uri.uri} means TLS to {uri.host} and {ca} does not exist: \"Cannot read CA certificate "
                     f"'{ca}': No such file or directory\"; use {uri.driver}+ssh://{uri.host}{uri.path} or set up TLS",
-                    ev)
+                    ev, plan=advise_uri(uri, local=False))
     return Pass(f"{uri.uri} means TLS to {uri.host}; the CA {ca} is present (the tls checks look at it)", ev)
 
 
-@uri_implies_tls.fixer
-def advise_uri(finding, facts):
-    ev = finding.evidence
-    uri = parse_uri(ev.get("uri", ""))
-    local = f"{uri.driver}:///{uri.path.lstrip('/') or 'system'}"
-    if ev.get("local"):
-        return plan(f"Use {local} for the local daemon", Auto.MANUAL,
-                    RunCommand(["virsh", "-c", local, "list", "--all"]),
-                    notes=[f"export LIBVIRT_DEFAULT_URI={local}",
+def advise_uri(uri, *, local: bool):
+    here = f"{uri.driver}:///{uri.path.lstrip('/') or 'system'}"
+    if local:
+        return plan(f"Use {here} for the local daemon", Auto.MANUAL,
+                    RunCommand(["virsh", "-c", here, "list", "--all"]),
+                    notes=[f"export LIBVIRT_DEFAULT_URI={here}",
                            "or keep the URI and create certificates: virtdoctor fix --unsafe --only tls-ca-missing"])
     return plan(f"Use SSH to reach {uri.host}, or set up TLS", Auto.MANUAL,
                 RunCommand(["virsh", "-c", f"{uri.driver}+ssh://{uri.host}{uri.path}", "list", "--all"]),
@@ -280,7 +277,7 @@ def _listen_state(facts) -> dict:
 
 
 @check("tcp-listen-disabled", scope="host", area="connection", severity="warning",
-       title="The daemon listens for remote clients when asked to", needs=("libvirt-installed",))
+       title="The daemon listens for remote clients when asked to", needs=("libvirt-installed",), plans=True)
 def tcp_listen_disabled(facts):
     """Looks at the daemon's arguments (--listen), listen_tls/listen_tcp/tcp_port/tls_port of
     its config, the libvirtd-tls/-tcp socket units and the ports in LISTEN state
@@ -312,9 +309,10 @@ def tcp_listen_disabled(facts):
                 why.append(f"listen_{remote_kind} = 0 in {state['conf']}")
             return Fail(f"{uri.uri} needs the daemon to listen on {remote_kind.upper()} port {port}, but "
                         f"{'; '.join(why) or 'nothing enables it'}: clients get \"unable to connect to server at "
-                        f"'{uri.host}:{port}': Connection refused\"", state)
+                        f"'{uri.host}:{port}': Connection refused\"", state, plan=advise_listen(facts, state["conf"]))
         if "ports_listening" in state and port not in state["ports_listening"]:
-            return Fail(f"listening on {remote_kind.upper()} is configured but nothing listens on port {port}", state)
+            return Fail(f"listening on {remote_kind.upper()} is configured but nothing listens on port {port}", state,
+                        plan=advise_listen(facts, state["conf"]))
         return Pass(f"the daemon listens on {remote_kind.upper()} port {port} for {uri.uri}", state)
     # no remote URI: report what is configured but not effective
     for kind in ("tls", "tcp"):
@@ -323,16 +321,14 @@ def tcp_listen_disabled(facts):
                 and state["listen_flag"] is False:
             return Warn(f"listen_{kind} = {explicit} in {state['conf']} but {state['daemon']}: the setting is "
                         f"ignored and remote {'qemu://' if kind == 'tls' else 'qemu+tcp://'} clients get "
-                        "\"Connection refused\"", state)
+                        "\"Connection refused\"", state, plan=advise_listen(facts, state["conf"]))
     on = [k.upper() for k in ("tls", "tcp") if state[k]]
     if on:
         return Pass(f"the daemon listens for remote clients on {', '.join(on)}", state)
     return Pass("the daemon listens only on its local socket (remote clients use qemu+ssh://)", state)
 
 
-@tcp_listen_disabled.fixer
-def advise_listen(finding, facts):
-    ev = finding.evidence
+def advise_listen(facts, conf: str):
     notes = ["libvirtd --listen serves TLS by default (listen_tls = 1): it needs the CA, server certificate "
              "and key (tls-ca-missing, tls-server-cert-missing)",
              "plain TCP (listen_tcp = 1) must use SASL (auth_tcp = \"sasl\"): never 'none' on a network"]
@@ -340,7 +336,7 @@ def advise_listen(finding, facts):
         return plan("Enable the daemon's TLS socket", Auto.MANUAL,
                     RunCommand(["systemctl", "enable", "--now", "libvirtd-tls.socket"]), notes=notes)
     return plan("Restart the daemon with --listen", Auto.MANUAL,
-                RunCommand(["libvirtd", "-d", "--listen", "-f", ev.get("conf", "/etc/libvirt/libvirtd.conf")]),
+                RunCommand(["libvirtd", "-d", "--listen", "-f", conf or "/etc/libvirt/libvirtd.conf"]),
                 notes=notes)
 
 

@@ -2,14 +2,10 @@
 can it write its log."""
 from __future__ import annotations
 
-import os
-import signal
-import socket as _socket
-import time
-from dataclasses import dataclass, field
+import posixpath
 
-from virtdoctor.api import (Action, Auto, FactUnavailable, Fail, MakeDir, Pass, RunCommand, SetConfKey, Skip, Warn, check, hookimpl,
-                            plan)
+from virtdoctor.api import (Auto, FactUnavailable, Fail, MakeDir, Pass, RestartDaemon, RunCommand, SetConfKey, Skip, Warn,
+                            check, hookimpl, parse_uri, plan)
 
 RUN_DIR = "/run/libvirt"
 LOG_DIR = "/var/log/libvirt"
@@ -37,8 +33,6 @@ def daemon_mode(facts) -> str:
 
 
 def _uri(facts):
-    from virtdoctor.facts.uri import parse_uri
-
     return parse_uri(facts.resolved_uri)
 
 
@@ -47,7 +41,7 @@ def _has_systemd(facts) -> bool:
 
 
 @check("daemon-socket-missing", scope="host", area="daemon", severity="error",
-       title="The libvirt daemon runs and answers on its socket", needs=("libvirt-installed",))
+       title="The libvirt daemon runs and answers on its socket", needs=("libvirt-installed",), plans=True)
 def daemon_socket_missing(facts):
     """Looks at the daemon that serves the URI (monolithic libvirtd or modular
     virtqemud, by what runs, what sockets exist and what is installed), its
@@ -71,13 +65,15 @@ def daemon_socket_missing(facts):
                 "socket_exists": facts.exists(sock), "uri": uri.uri}
     if not procs and not evidence["socket_exists"]:
         return Fail(f"{daemon} is not running and {sock} does not exist: clients fail with "
-                    f"\"Failed to connect socket to '{sock}': No such file or directory\"", evidence)
+                    f"\"Failed to connect socket to '{sock}': No such file or directory\"", evidence,
+                    plan=start_daemon(facts, daemon, stale_socket=False))
     if not procs:
         if _has_systemd(facts):
             # socket activation: systemd holds the socket and starts the daemon on demand
             return Pass(f"{sock} is held by systemd socket activation", evidence)
         return Fail(f"{sock} exists but no {daemon} process owns it (a stale socket): clients fail with "
-                    f"\"Failed to connect socket to '{sock}': Connection refused\"", evidence)
+                    f"\"Failed to connect socket to '{sock}': Connection refused\"", evidence,
+                    plan=start_daemon(facts, daemon, stale_socket=True))
     if not evidence["socket_exists"]:
         return Fail(f"{daemon} runs (pid {procs[0].pid}) but {sock} is missing: was it started "
                     f"with another unix_sock_dir, or is it still starting?", evidence)
@@ -94,12 +90,9 @@ def daemon_socket_missing(facts):
     return Pass(f"{daemon} runs (pid {procs[0].pid}) and answers on {sock}", evidence)
 
 
-@daemon_socket_missing.fixer
-def start_daemon(finding, facts):
-    ev = finding.evidence
-    daemon = ev.get("daemon", MONOLITHIC)
-    if ev.get("pids"):
-        return None  # running but not answering or socket elsewhere: a person must look
+def start_daemon(facts, daemon: str, *, stale_socket: bool):
+    """The plan to start a daemon that is not running (when it runs but does not
+    answer, or its socket is elsewhere, a person must look: no plan)."""
     actions = []
     notes = []
     if _has_systemd(facts):
@@ -108,7 +101,7 @@ def start_daemon(finding, facts):
         return plan(f"Start {daemon} through systemd", Auto.SAFE,
                     RunCommand(["systemctl", "start", *units], f"systemctl start {' '.join(units)}",
                                wait_for=socket_path(daemon)))
-    if ev.get("socket_exists"):
+    if stale_socket:
         # a stale socket from a dead daemon: the daemon refuses to start over it
         actions.append(RunCommand(["rm", "-f", socket_path(daemon)], f"remove the stale socket {socket_path(daemon)}"))
     for d, _why in log_dirs(facts):
@@ -141,7 +134,7 @@ def log_dirs(facts) -> list[tuple[str, str]]:
         for out in str(outputs).split():
             parts = out.split(":", 2)
             if len(parts) == 3 and parts[1] == "file":
-                dirs.append((os.path.dirname(parts[2]) or "/", f"log_outputs in {conf}: {parts[2]}"))
+                dirs.append((posixpath.dirname(parts[2]) or "/", f"log_outputs in {conf}: {parts[2]}"))
     elif not _has_systemd(facts):
         name = "libvirtd" if conf == LIBVIRTD_CONF else "virtqemud"
         dirs.append((LOG_DIR, f"default log file {LOG_DIR}/{name}.log of a daemon started without systemd"))
@@ -155,7 +148,7 @@ def log_dirs(facts) -> list[tuple[str, str]]:
 
 
 @check("daemon-log-dir-missing", scope="host", area="daemon", severity="error",
-       title="The daemon's log directory exists", needs=("libvirt-installed",))
+       title="The daemon's log directory exists", needs=("libvirt-installed",), plans=True)
 def daemon_log_dir_missing(facts):
     """Looks at the directories of the daemon's log files (log_outputs, else the
     default /var/log/libvirt/libvirtd.log) and of QEMU's domain logs.
@@ -177,15 +170,11 @@ def daemon_log_dir_missing(facts):
     if missing:
         d, why = missing[0]
         return Fail(f"{d} does not exist ({why}): the daemon exits with \"failed to open {d}/...: "
-                    f"No such file or directory\"", evidence)
+                    f"No such file or directory\"", evidence, plan=create_log_dirs([d for d, _ in missing]))
     return Pass("log directories exist: " + ", ".join(evidence["checked"]), evidence)
 
 
-@daemon_log_dir_missing.fixer
-def create_log_dir(finding, facts):
-    dirs = finding.evidence.get("missing") or []
-    if not dirs:
-        return None
+def create_log_dirs(dirs: list[str]):
     actions = [MakeDir(d, 0o700) for d in sorted(dirs, key=len)]
     return plan(f"Create {', '.join(sorted(dirs, key=len))} (0700, root)", Auto.SAFE, *actions,
                 notes=["start the daemon afterwards if it exited (daemon-socket-missing)"])
@@ -197,7 +186,7 @@ DBUS_DAEMONS = ("dbus-daemon", "dbus-broker", "dbus-broker-lau")
 
 
 @check("qemu-user-missing", scope="host", area="daemon", severity="error",
-       title="The user and group QEMU runs as exist", needs=("libvirt-installed",))
+       title="The user and group QEMU runs as exist", needs=("libvirt-installed",), plans=True)
 def qemu_user_missing(facts):
     """Looks at `user` and `group` in /etc/libvirt/qemu.conf (or the build's default
     account, libvirt-qemu on Debian) against the root's /etc/passwd and /etc/group; a
@@ -215,7 +204,9 @@ def qemu_user_missing(facts):
         if hasattr(exc, "line") and hasattr(exc, "path"):
             return Fail(f"cannot read user/group from {QEMU_CONF}: syntax error at {exc.path}:{exc.line}: "
                         f"{getattr(exc, 'msg', exc)} (the daemon refuses the file as well)",
-                        {"file": exc.path, "line": exc.line, "error": str(exc)})
+                        {"file": exc.path, "line": exc.line, "error": str(exc)},
+                        plan=plan(f"Correct the syntax error at {exc.path}:{exc.line}", Auto.MANUAL,
+                                  notes=[str(exc), "then restart the daemon so it reads the file"]))
         raise
     qemu = facts.qemu_account()
     evidence = {"user": qemu.user, "group": qemu.group, "source": qemu.source,
@@ -224,11 +215,11 @@ def qemu_user_missing(facts):
     if qemu.account is None:
         return Fail(f"user '{qemu.user}' from {where} does not exist in /etc/passwd: the daemon fails with "
                     f"\"invalid argument: Failed to parse user '{qemu.user}'\" and \"Initialization of QEMU state driver failed\"",
-                    evidence)
+                    evidence, plan=point_qemu_conf_at_account(facts, qemu))
     if qemu.gid is None:
         return Fail(f"group '{qemu.group}' from {where} does not exist in /etc/group: the daemon fails with "
                     f"\"invalid argument: Failed to parse group '{qemu.group}'\" and \"Initialization of QEMU state driver failed\"",
-                    evidence)
+                    evidence, plan=point_qemu_conf_at_account(facts, qemu))
     return Pass(f"QEMU runs as {qemu.user}:{qemu.group} ({where}); both exist", evidence)
 
 
@@ -253,82 +244,6 @@ def _account_candidates(facts, qemu) -> tuple[str | None, str | None]:
     return user, group
 
 
-@dataclass
-class RestartDaemon(Action):
-    """Stop a daemon by its pids (SIGTERM, wait, SIGKILL) and start it again with
-    `NAME -d`, then wait until its socket accepts a connection. When it was not running
-    it is only started. The pids are the ones seen when planning, checked again by name."""
-
-    name: str
-    pids: list[int] = field(default_factory=list)
-    socket: str = ""
-    wait_seconds: float = 30.0
-    touches: tuple[str, ...] = ()
-
-    def command(self) -> str:
-        if self.pids:
-            return f"kill {' '.join(map(str, self.pids))} && {self.name} -d"
-        return f"{self.name} -d"
-
-    def describe(self) -> str:
-        return (f"restart {self.name} (pid {', '.join(map(str, self.pids))}) so it reads the new configuration"
-                if self.pids else f"start {self.name}")
-
-    def _alive(self, env, pid: int) -> bool:
-        try:
-            with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as fh:
-                data = fh.read()
-        except OSError:
-            return False
-        comm = data[data.index("(") + 1:data.rindex(")")]
-        state = data[data.rindex(")") + 2:][:1]
-        return comm == self.name[:15] and state not in ("Z", "X")
-
-    def _stop(self, env) -> None:
-        from virtdoctor.remedy import ActionError
-
-        mine = [p for p in self.pids if self._alive(env, p)]
-        for pid in mine:
-            os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        while any(self._alive(env, p) for p in mine):
-            if time.monotonic() > deadline:
-                for pid in mine:
-                    if self._alive(env, pid):
-                        os.kill(pid, signal.SIGKILL)
-                time.sleep(0.5)
-                if any(self._alive(env, p) for p in mine):
-                    raise ActionError(f"{self.name} (pid {mine}) does not exit")
-                break
-            time.sleep(0.05)
-
-    def _answers(self, env) -> bool:
-        s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-        s.settimeout(1.0)
-        try:
-            s.connect(env.path(self.socket))
-            return True
-        except OSError:
-            return False
-        finally:
-            s.close()
-
-    def apply(self, env) -> None:
-        from virtdoctor.remedy import ActionError
-
-        if self.pids and env.root not in ("", "/"):
-            raise ActionError(f"not stopping processes of the live host for --root {env.root}")
-        self._stop(env)
-        env.command([self.name, "-d"])
-        if self.socket:
-            deadline = time.monotonic() + self.wait_seconds
-            while not self._answers(env):
-                if time.monotonic() > deadline:
-                    raise ActionError(f"{self.name} started but {self.socket} did not answer within "
-                                      f"{self.wait_seconds:g} s (see /var/log/libvirt/{self.name}.log)")
-                time.sleep(0.1)
-
-
 def restart_action(facts, daemon: str):
     """How to make the daemon re-read its configuration: systemctl where systemd runs,
     else stop by pid and start again (or just start when it is not running)."""
@@ -336,16 +251,10 @@ def restart_action(facts, daemon: str):
     if _has_systemd(facts):
         return RunCommand(["systemctl", "restart", f"{daemon}.service"], f"systemctl restart {daemon}",
                           wait_for=socket_path(daemon)), bool(pids)
-    return RestartDaemon(daemon, pids, socket_path(daemon)), bool(pids)
+    return RestartDaemon(daemon, tuple(pids), socket_path(daemon)), bool(pids)
 
 
-@qemu_user_missing.fixer
-def point_qemu_conf_at_account(finding, facts):
-    ev = finding.evidence
-    if "line" in ev:
-        return plan(f"Correct the syntax error at {ev['file']}:{ev['line']}", Auto.MANUAL,
-                    notes=[ev.get("error", ""), "then restart the daemon so it reads the file"])
-    qemu = facts.qemu_account()
+def point_qemu_conf_at_account(facts, qemu):
     user, group = _account_candidates(facts, qemu)
     if user is None or group is None:
         return plan("Create QEMU's account, or point qemu.conf at an existing one", Auto.MANUAL,
@@ -371,7 +280,7 @@ def point_qemu_conf_at_account(finding, facts):
 
 
 @check("dbus-unavailable", scope="host", area="daemon", severity="warning",
-       title="The D-Bus system bus is reachable", needs=("libvirt-installed",))
+       title="The D-Bus system bus is reachable", needs=("libvirt-installed",), plans=True)
 def dbus_unavailable(facts):
     """Looks at the system bus socket /run/dbus/system_bus_socket and a dbus-daemon or
     dbus-broker process.
@@ -387,25 +296,25 @@ def dbus_unavailable(facts):
     consequence = ("non-root clients using polkit fail with \"internal error: Unable to get system bus "
                    "connection: Could not connect: No such file or directory\" and firewalld support is "
                    "disabled in the network driver")
+    fix = start_dbus(facts, installed=evidence["dbus_installed"])
     if node is None:
-        return Warn(f"the system bus socket {DBUS_SOCKET} does not exist: {consequence}", evidence)
+        return Warn(f"the system bus socket {DBUS_SOCKET} does not exist: {consequence}", evidence, plan=fix)
     if not node.is_socket:
-        return Warn(f"{DBUS_SOCKET} is not a socket: {consequence}", evidence)
+        return Warn(f"{DBUS_SOCKET} is not a socket: {consequence}", evidence, plan=fix)
     if not procs and facts.is_live and not _has_systemd(facts):
         return Warn(f"{DBUS_SOCKET} exists but no dbus-daemon or dbus-broker runs (a stale socket): "
-                    f"{consequence}", evidence)
+                    f"{consequence}", evidence, plan=fix)
     return Pass(f"the system bus listens on {DBUS_SOCKET}", evidence)
 
 
-@dbus_unavailable.fixer
-def start_dbus(finding, facts):
+def start_dbus(facts, *, installed: bool):
     if _has_systemd(facts):
         cmd = RunCommand(["systemctl", "start", "dbus.socket", "dbus.service"], "systemctl start dbus")
     else:
         cmd = RunCommand(["dbus-daemon", "--system", "--fork"], "start the system bus by hand",
                          wait_for=DBUS_SOCKET)
     notes = ["then restart the libvirt daemon: it looks for the bus only at start"]
-    if not finding.evidence.get("dbus_installed"):
+    if not installed:
         notes.insert(0, "dbus is not installed: apt install dbus (dbus-daemon)")
     return plan("Start the D-Bus system bus", Auto.MANUAL, RunCommand(["mkdir", "-p", "/run/dbus"]), cmd,
                 notes=notes)
@@ -417,7 +326,7 @@ CONFIG_FILES = ("/etc/libvirt/libvirtd.conf", "/etc/libvirt/virtqemud.conf", "/e
 
 
 @check("config-syntax-error", scope="host", area="daemon", severity="error",
-       title="libvirt's configuration files parse", needs=("libvirt-installed",))
+       title="libvirt's configuration files parse", needs=("libvirt-installed",), plans=True)
 def config_syntax_error(facts):
     """Parses every libvirt configuration file that exists (libvirtd.conf, the
     modular daemons' files, qemu.conf, network.conf, libvirt.conf) with a port
@@ -447,7 +356,8 @@ def config_syntax_error(facts):
         first = broken[0]
         more = f" (and {len(broken) - 1} more file(s))" if len(broken) > 1 else ""
         return Fail(f"configuration file syntax error: {first['file']}:{first['line']}: {first['error']}{more}: "
-                    "the daemon that reads it refuses to start (\"Can't load config file\")", evidence)
+                    "the daemon that reads it refuses to start (\"Can't load config file\")", evidence,
+                    plan=show_config_lines(broken))
     if unreadable:
         return Skip("cannot read " + "; ".join(unreadable), evidence)
     if not checked:
@@ -455,11 +365,7 @@ def config_syntax_error(facts):
     return Pass(f"{len(checked)} configuration files parse", evidence)
 
 
-@config_syntax_error.fixer
-def show_config_line(finding, facts):
-    broken = finding.evidence.get("broken") or []
-    if not broken:
-        return None
+def show_config_lines(broken: list[dict]):
     return plan("Correct " + ", ".join(f"{b['file']} line {b['line']} ({b['error']})" for b in broken)
                 + ", then restart the daemon", Auto.MANUAL,
                 *[RunCommand(["sed", "-n", f"{max(1, (b['line'] or 1) - 2)},{(b['line'] or 1) + 2}p", b["file"]],

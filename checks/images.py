@@ -230,17 +230,6 @@ def disk_format_mismatch(facts, dom):
 
 
 # -- locks ---------------------------------------------------------------------------
-def _own_pid(facts, dom) -> int | None:
-    try:
-        text = facts.read_text(f"/run/libvirt/qemu/{dom.name}.pid")
-    except FactUnavailable:
-        return None
-    try:
-        return int(text.strip()) if text else None
-    except ValueError:
-        return None
-
-
 @check("image-write-locked", scope="domain", area="storage", severity="error", plans=True,
        title="No other process or domain holds the domain's writable images")
 def image_write_locked(facts, dom):
@@ -254,7 +243,7 @@ def image_write_locked(facts, dom):
     No automatic fix (never clear a lock): the plan names the holder by pid and
     command line."""
     _host(facts)
-    own = _own_pid(facts, dom) if (dom.info is not None and dom.info.active) else None
+    self_active = dom.info is not None and dom.info.active
     try:
         uses = facts.storage.disk_uses
     except FactUnavailable:
@@ -265,10 +254,12 @@ def image_write_locked(facts, dom):
         if d.readonly or d.shareable or d.device not in ("disk", "lun"):
             continue
         checked += 1
-        try:
-            holders = [h for h in facts.storage.holders(path) if h.pid != own]
-        except FactUnavailable:
-            holders = []
+        holders = []
+        if not self_active:  # a running domain's QEMU holds its images: nobody else can write them
+            try:
+                holders = facts.storage.holders(path)
+            except FactUnavailable:
+                pass
         others = [u for u in uses if u.path == path and u.domain != dom.name and not u.readonly
                   and not u.shareable]
         running = [u for u in others if u.active]

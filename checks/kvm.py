@@ -3,11 +3,11 @@ hypervisor below a nested host) offers virtualisation."""
 from __future__ import annotations
 
 from virtdoctor.api import (Auto, Fail, Pass, RemoveAcl, RunCommand, SetGroup, SetMode, Skip, WriteFile, check,
-                            hookimpl, plan, platformfacts)
+                            hookimpl, parse_uri, plan, platformfacts)
 
 KVM_DEVICE = "/dev/kvm"
 UDEV_RULE = "/etc/udev/rules.d/65-kvm.rules"
-UDEV_RULE_TEXT = ('# written by virtdoctor (kvm-device-permission): QEMU\'s account reaches /dev/kvm\n'
+UDEV_RULE_TEXT = ('# written by virtdoctor (kvm-device-permission): group kvm, hence QEMU, opens /dev/kvm\n'
                   'KERNEL=="kvm", GROUP="kvm", MODE="0660", OPTIONS+="static_node=kvm"\n')
 UDEV_DIRS = ("/etc/udev/rules.d", "/run/udev/rules.d", "/usr/lib/udev/rules.d", "/lib/udev/rules.d")
 
@@ -15,8 +15,6 @@ UDEV_DIRS = ("/etc/udev/rules.d", "/run/udev/rules.d", "/usr/lib/udev/rules.d", 
 def qemu_identity(facts):
     """(label, uid, gids, account) QEMU processes will have for this URI:
     qemu.conf user/group on qemu:///system, the calling user on session."""
-    from virtdoctor.api import parse_uri
-
     uri = parse_uri(facts.resolved_uri) if not facts.offline else None
     if uri is not None and uri.path == "/session":
         acct = facts.account(facts.euid)
@@ -40,7 +38,7 @@ def udev_rule_grants(facts) -> str | None:
 
 
 @check("kvm-device-permission", scope="host", area="kvm", severity="error",
-       title="QEMU's account can open /dev/kvm read-write", needs=("libvirt-installed",))
+       title="QEMU's account can open /dev/kvm read-write", needs=("libvirt-installed",), plans=True)
 def kvm_device_permission(facts):
     """Looks at mode, owner, group and POSIX ACL of /dev/kvm against the user
     and groups QEMU runs as (qemu.conf user/group, else the built-in default,
@@ -64,12 +62,11 @@ def kvm_device_permission(facts):
     if node.acl_text:
         why += f", ACL {node.acl_text}"
     return Fail(f"{label} cannot open /dev/kvm read-write ({why}): KVM guests fail with "
-                f"\"Could not access KVM kernel module: Permission denied\"", evidence)
+                f"\"Could not access KVM kernel module: Permission denied\"", evidence,
+                plan=give_kvm_group_rw(facts, node, label, gids, qemu, evidence["udev_rule"]))
 
 
-@kvm_device_permission.fixer
-def give_kvm_group_rw(finding, facts):
-    label, uid, gids, qemu = qemu_identity(facts)
+def give_kvm_group_rw(facts, node, label, gids, qemu, rule):
     kvm = facts.group("kvm")
     actions = []
     notes = []
@@ -82,11 +79,9 @@ def give_kvm_group_rw(finding, facts):
         actions.append(RunCommand(["usermod", "-a", "-G", "kvm", user], f"add {user} to group kvm",
                                   touches=("/etc/group", "/etc/gshadow")))
         notes.append(f"{user} is not in group kvm; running domains keep their old groups until restarted")
-    node = facts.stat(KVM_DEVICE)
-    if node is not None and node.acl_text:
+    if node.acl_text:
         actions.append(RemoveAcl(KVM_DEVICE))
     actions += [SetGroup(KVM_DEVICE, "kvm"), SetMode(KVM_DEVICE, 0o660)]
-    rule = udev_rule_grants(facts)
     if rule is None:
         actions.append(WriteFile(UDEV_RULE, UDEV_RULE_TEXT, 0o644))
         summary = "Give group kvm read-write on /dev/kvm (0660) and persist it with a udev rule"
@@ -144,7 +139,7 @@ def nested_state(facts) -> dict:
 
 
 @check("kvm-device-missing", scope="host", area="kvm", severity="error",
-       title="/dev/kvm exists")
+       title="/dev/kvm exists", plans=True)
 def kvm_device_missing(facts):
     """Looks at the /dev/kvm device node, the loaded KVM modules (/proc/modules,
     /sys/module/kvm*) and the CPU's virtualisation flags.
@@ -156,13 +151,15 @@ def kvm_device_missing(facts):
     mods = kvm_modules(facts)
     flags = cpu_virt_flags(facts)
     evidence = {"device": KVM_DEVICE, "modules": mods, "cpu": flags}
+    vendor = "kvm_intel" if flags["vmx"] else "kvm_amd" if flags["svm"] else None
+    fix = load_kvm_module(mods, vendor)
     if node is not None:
         if not node.is_char_device:
-            return Fail(f"{KVM_DEVICE} exists but is not a character device ({node.mode_text})", evidence)
+            return Fail(f"{KVM_DEVICE} exists but is not a character device ({node.mode_text})", evidence,
+                        plan=fix)
         return Pass(f"{KVM_DEVICE} exists (char device {node.rdev >> 8}:{node.rdev & 0xff})", evidence)
     if facts.exists(KVM_DEVICE):
-        return Fail(f"{KVM_DEVICE} is a dangling symlink", evidence)
-    vendor = "kvm_intel" if flags["vmx"] else "kvm_amd" if flags["svm"] else None
+        return Fail(f"{KVM_DEVICE} is a dangling symlink", evidence, plan=fix)
     if mods["kvm"] and mods["vendor"]:
         why = (f"the modules {', '.join(['kvm', *mods['vendor']])} are loaded but the device node is missing "
                "(no udev/devtmpfs?): mknod /dev/kvm c 10 232")
@@ -176,13 +173,11 @@ def kvm_device_missing(facts):
     else:
         why = "neither KVM modules nor CPU flags are visible"
     evidence["suggested_module"] = vendor
-    return Fail(f"{KVM_DEVICE} does not exist: {why}; guests can only use slow TCG emulation", evidence)
+    return Fail(f"{KVM_DEVICE} does not exist: {why}; guests can only use slow TCG emulation", evidence,
+                plan=fix)
 
 
-@kvm_device_missing.fixer
-def load_kvm_module(finding, facts):
-    mod = finding.evidence.get("suggested_module")
-    mods = finding.evidence.get("modules", {})
+def load_kvm_module(mods: dict, mod: str | None):
     if mods.get("kvm") and mods.get("vendor"):
         return plan("Create the /dev/kvm node", Auto.MANUAL,
                     RunCommand(["mknod", "-m", "0660", KVM_DEVICE, "c", "10", "232"]),

@@ -108,8 +108,8 @@ def _move_plan(facts, net, subnet, taken):
         return manual
     running = [g.name for g in facts.virtnets.users(net) if g.active]
     if running:
-        manual.notes.insert(0, f"not moved automatically: running guest(s) {', '.join(running)} use it")
-        return manual
+        return plan(manual.summary, Auto.MANUAL,  # plans are frozen: a new one with the note first
+                    notes=[f"not moved automatically: running guest(s) {', '.join(running)} use it", *manual.notes])
     from_ = subnet
     target = _free(taken, from_.prefixlen)
     if target is None:

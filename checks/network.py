@@ -3,12 +3,10 @@ tools they need (dnsmasq, firewall binaries), and the host links guests plug
 into (bridges, bonds, macvtap lower devices)."""
 from __future__ import annotations
 
-import copy
-
 from lxml import etree
 
-from virtdoctor.api import (Action, Auto, EditDomain, FactUnavailable, Fail, Pass, RunCommand, Severity, Skip,
-                            StartNetwork, Warn, check, hookimpl, plan)
+from virtdoctor.api import (Action, Auto, DefineNetwork, FactUnavailable, Fail, Pass, RunCommand, Severity, Skip,
+                            StartNetwork, Warn, check, hookimpl, plan, redefine_plan)
 
 DEFAULT_NETWORK = "default"
 DEFAULT_TEMPLATE = "/usr/share/libvirt/networks/default.xml"
@@ -81,52 +79,6 @@ def needs_firewall(netroot) -> bool:
     return forward_mode(netroot) in (None, "nat", "route")
 
 
-class DefineNetwork(Action):
-    """Define a network from XML (the packaged default network). Rollback
-    stops and undefines it again, if this action defined it."""
-
-    def __init__(self, name: str, xml: str, source: str):
-        self.name, self.xml, self.source = name, xml, source
-        self._defined = False
-
-    touches: tuple[str, ...] = ()
-
-    def command(self) -> str:
-        return f"virsh net-define {self.source}"
-
-    def describe(self) -> str:
-        return f"define network {self.name} from {self.source}"
-
-    def preview(self, env) -> str:
-        lines = "".join(f"+{l}\n" for l in self.xml.splitlines())
-        return f"--- /dev/null\n+++ b/network/{self.name}.xml\n{lines}"
-
-    def apply(self, env) -> None:
-        import libvirt
-
-        from virtdoctor.remedy import ActionError
-
-        conn = env.conn()
-        try:
-            conn.networkLookupByName(self.name)
-            return  # defined meanwhile: nothing to do
-        except libvirt.libvirtError:
-            pass
-        try:
-            conn.networkDefineXML(self.xml)
-        except libvirt.libvirtError as exc:
-            raise ActionError(f"libvirt refused {self.source}: {exc.get_error_message()}") from exc
-        self._defined = True
-
-    def rollback(self, env, backup) -> None:
-        if not self._defined:
-            return
-        net = env.conn().networkLookupByName(self.name)
-        if net.isActive():
-            net.destroy()
-        net.undefine()
-
-
 def _network_actions(facts, names: list[str], missing: list[str]) -> tuple[list[Action], list[str]]:
     """Actions that define (the default, from the packaged template), start and
     autostart `names`; notes for what cannot be done automatically."""
@@ -151,7 +103,7 @@ def _network_actions(facts, names: list[str], missing: list[str]) -> tuple[list[
 # -- default-network-inactive (host) --------------------------------------------------
 @check("default-network-inactive", scope="host", area="network", severity="error",
        title="Networks used by domains (and 'default') are defined, active and autostarted",
-       needs=("libvirt-installed", "libvirt"))
+       needs=("libvirt-installed", "libvirt"), plans=True)
 def default_network_inactive(facts):
     """Looks at every network a defined domain's <interface type='network'>
     names, plus the 'default' network virt-install uses: defined, active,
@@ -193,20 +145,19 @@ def default_network_inactive(facts):
                 "used_by": users, "networks": {n: {"active": i.active, "autostart": i.autostart,
                                                    "persistent": i.persistent} for n, i in nets.items()}}
     if problems:
-        return Fail("; ".join(problems), evidence, severity=severity)
+        return Fail("; ".join(problems), evidence, severity=severity,
+                    plan=start_networks(facts, missing, inactive, no_autostart))
     return Pass(f"networks active and autostarted: {', '.join(wanted)}", evidence)
 
 
-@default_network_inactive.fixer
-def start_networks(finding, facts):
-    ev = finding.evidence
+def start_networks(facts, missing: list[str], inactive: list[str], no_autostart: list[str]):
     names = []
-    for n in (*ev.get("missing", []), *ev.get("inactive", []), *ev.get("no_autostart", [])):
+    for n in (*missing, *inactive, *no_autostart):
         if n not in names:
             names.append(n)
     if not names:
         return None
-    actions, notes = _network_actions(facts, names, ev.get("missing", []))
+    actions, notes = _network_actions(facts, names, missing)
     if notes:  # something stays broken: the re-check would fail and roll back the rest
         return plan(f"Start and autostart network(s) {', '.join(names)}", Auto.MANUAL, *actions, notes=notes)
     return plan(f"Start and autostart network(s) {', '.join(names)}", Auto.SAFE, *actions)
@@ -214,7 +165,7 @@ def start_networks(finding, facts):
 
 # -- default-network-inactive (domain) -----------------------------------------------------
 @check("default-network-inactive", scope="domain", area="network", severity="error",
-       title="The domain's networks exist and are active", needs=("libvirt",))
+       title="The domain's networks exist and are active", needs=("libvirt",), plans=True)
 def domain_networks_inactive(facts, dom):
     """Looks at the networks the domain's <interface type='network'> NICs name:
     defined and active on this connection.
@@ -233,20 +184,17 @@ def domain_networks_inactive(facts, dom):
     if missing:
         return Fail(f"Network not found: no network with matching name '{missing[0]}'"
                     + (f" (also: {', '.join(missing[1:] + inactive)})" if len(missing) > 1 or inactive else ""),
-                    evidence)
+                    evidence, plan=start_domain_networks(facts, dom, missing, inactive))
     if inactive:
         return Fail(f"Requested operation is not valid: network '{inactive[0]}' is not active"
-                    + (f" (also: {', '.join(inactive[1:])})" if inactive[1:] else ""), evidence)
+                    + (f" (also: {', '.join(inactive[1:])})" if inactive[1:] else ""), evidence,
+                    plan=start_domain_networks(facts, dom, missing, inactive))
     return Pass(f"network(s) {', '.join(wanted)} defined and active", evidence)
 
 
-@domain_networks_inactive.fixer
-def start_domain_networks(finding, facts, dom):
-    ev = finding.evidence
-    names = [*ev.get("missing", []), *ev.get("inactive", [])]
-    if not names:
-        return None
-    actions, notes = _network_actions(facts, names, ev.get("missing", []))
+def start_domain_networks(facts, dom, missing: list[str], inactive: list[str]):
+    names = [*missing, *inactive]
+    actions, notes = _network_actions(facts, names, missing)
     auto = Auto.MANUAL if notes else Auto.SAFE
     return plan(f"Start and autostart network(s) {', '.join(names)} for {dom.label}", auto, *actions, notes=notes)
 
@@ -268,7 +216,7 @@ def _install_command(facts, packages: list[str]) -> list[str]:
 
 
 @check("dnsmasq-missing", scope="host", area="network", severity="error",
-       title="dnsmasq is installed for libvirt's NAT/isolated networks", needs=("libvirt-installed",))
+       title="dnsmasq is installed for libvirt's NAT/isolated networks", needs=("libvirt-installed",), plans=True)
 def dnsmasq_missing(facts):
     """Looks for the dnsmasq binary on the daemon's search path and at which
     defined networks need it (DHCP, TFTP or DNS on a libvirt-managed bridge).
@@ -288,17 +236,18 @@ def dnsmasq_missing(facts):
     if path:
         return Pass(f"dnsmasq is {path}", evidence)
     err = "\"Unable to find 'dnsmasq' binary in $PATH: No such file or directory\""
+    fix = install_dnsmasq(facts)
     if nets is None:
-        return Fail(f"dnsmasq is not installed: NAT and isolated networks fail to start with {err}", evidence)
+        return Fail(f"dnsmasq is not installed: NAT and isolated networks fail to start with {err}", evidence,
+                    plan=fix)
     if needing:
         return Fail(f"dnsmasq is not installed and network(s) {', '.join(needing)} need it: they fail to "
-                    f"start with {err}", evidence)
+                    f"start with {err}", evidence, plan=fix)
     return Warn(f"dnsmasq is not installed; no defined network needs it now, but a NAT network "
-                f"(like 'default') would fail to start with {err}", evidence)
+                f"(like 'default') would fail to start with {err}", evidence, plan=fix)
 
 
-@dnsmasq_missing.fixer
-def install_dnsmasq(finding, facts):
+def install_dnsmasq(facts):
     return plan("Install dnsmasq (Debian/Ubuntu: dnsmasq-base)", Auto.MANUAL,
                 RunCommand(_install_command(facts, ["dnsmasq-base"] if facts.which("apt-get") else ["dnsmasq"])),
                 notes=["then start the networks: virsh net-start NAME"])
@@ -380,7 +329,7 @@ def _tool_users(facts, backend) -> dict[str, list[str]] | None:
 
 
 @check("firewall-ebtables-missing", scope="host", area="network", severity="error",
-       title="The firewall tools libvirt's networks need are installed", needs=("libvirt-installed",))
+       title="The firewall tools libvirt's networks need are installed", needs=("libvirt-installed",), plans=True)
 def firewall_ebtables_missing(facts):
     """Looks at the firewall backend (network.conf `firewall_backend` where
     libvirt has it, else libvirt 9.0's iptables/ip6tables/ebtables) and whether
@@ -410,6 +359,7 @@ def firewall_ebtables_missing(facts):
                 "missing": missing, "found_elsewhere": elsewhere, "needed_by": users}
     if not missing:
         return Pass(f"{', '.join(found[t] for t in tools)} present ({source})", evidence)
+    fix = install_firewall_tools(facts, missing)
     firewalld = evidence["firewalld_running"] = bool(facts.process_named("firewalld"))  # a process scan
     where = "".join(f"; {t} is at {p}, but libvirt runs {FIREWALL_DIRS[0]}/{t}" for t, p in elsewhere.items())
     text = f"{', '.join(missing)} missing ({source}){where}"
@@ -419,23 +369,21 @@ def firewall_ebtables_missing(facts):
         needed = {t: ["NAT and isolated networks"] for t in missing if t in ("iptables", "nft")}
     if firewalld and not needed.get("ebtables"):
         return Warn(f"{text}; firewalld runs, so libvirt passes its network rules through firewalld, but "
-                    f"the nwfilter driver still runs the tools itself", evidence)
+                    f"the nwfilter driver still runs the tools itself", evidence, plan=fix)
     if not needed:
         return Warn(f"{text}: nothing defined needs {'it' if len(missing) == 1 else 'them'} now, but "
                     + ("a NAT or isolated network would fail to start" if set(missing) & {"iptables", "nft"}
                        else "IPv6 networks (ip6tables) and <filterref> network filters (ebtables) would fail"),
-                    evidence)
+                    evidence, plan=fix)
     parts = []
     for t, who in needed.items():
         err = (f"\"Failed to apply firewall rules {FIREWALL_DIRS[0]}/{t} ...: cannot execute binary "
                f"{FIREWALL_DIRS[0]}/{t}: No such file or directory\"")
         parts.append(f"{', '.join(who)} cannot start without {t}: {err}")
-    return Fail(f"{text}: " + "; ".join(parts), evidence)
+    return Fail(f"{text}: " + "; ".join(parts), evidence, plan=fix)
 
 
-@firewall_ebtables_missing.fixer
-def install_firewall_tools(finding, facts):
-    missing = finding.evidence.get("missing") or []
+def install_firewall_tools(facts, missing: list[str]):
     pkgs = sorted({FIREWALL_PACKAGES.get(t, t) for t in missing})
     if not pkgs:
         return None
@@ -488,7 +436,7 @@ def bridge_users(facts) -> dict[str, list[str]] | None:
 
 
 @check("bond-mode-unsuitable", scope="host", area="network", severity="warning",
-       title="Bonds under VM bridges use a mode that works with bridging")
+       title="Bonds under VM bridges use a mode that works with bridging", plans=True)
 def bond_mode_unsuitable(facts):
     """Looks at every bond (/sys/class/net/*/bonding/mode) that is a port of a
     Linux bridge, directly or through a VLAN on it, and which domains or
@@ -534,19 +482,14 @@ def bond_mode_unsuitable(facts):
             who = f"used by {', '.join(used)}" if used else "libvirt not reachable: users unknown"
             parts.append(f"bond {name} is in {mode} (mode {BAD_BOND_MODES[mode]}) under bridge {bridge} ({who})")
         return Fail("; ".join(parts) + ": guest traffic through it flaps; use active-backup (1) or "
-                                        "802.3ad (4)", evidence)
+                                        "802.3ad (4)", evidence, plan=change_bond_mode([b[0] for b in bad]))
     if unknown:
         return Skip(f"cannot read the bonding mode of {', '.join(unknown)} (/sys/class/net/*/bonding/mode)",
                     evidence)
     return Pass("; ".join(good), evidence)
 
 
-@bond_mode_unsuitable.fixer
-def change_bond_mode(finding, facts):
-    bonds = [n for n, b in (finding.evidence.get("bonds") or {}).items()
-             if (b.get("mode") or "").split()[0:1] and b["mode"].split()[0] in BAD_BOND_MODES]
-    if not bonds:
-        return None
+def change_bond_mode(bonds: list[str]):
     return plan(f"Switch {', '.join(bonds)} to active-backup or 802.3ad in the host's network configuration",
                 Auto.MANUAL,
                 *[RunCommand(["ip", "link", "set", b, "type", "bond", "mode", "active-backup"]) for b in bonds],
@@ -558,7 +501,7 @@ def change_bond_mode(finding, facts):
 
 # -- domain: bridges and macvtap --------------------------------------------------------------------
 @check("bridge-source-not-bridge", scope="domain", area="network", severity="error",
-       title="<interface type='bridge'> names an existing Linux bridge")
+       title="<interface type='bridge'> names an existing Linux bridge", plans=True)
 def bridge_source_not_bridge(facts, dom):
     """Looks at each <interface type='bridge'><source bridge='X'>: X exists in
     /sys/class/net and is a Linux bridge (or an Open vSwitch bridge with
@@ -571,6 +514,7 @@ def bridge_source_not_bridge(facts, dom):
         return Pass("no <interface type='bridge'>")
     links = _domain_links(facts)
     bad, ok, evidence = [], [], {"bridges": {}}
+    not_bridges: list[str] = []
     for iface in ifaces:
         src = iface.find("source")
         name = src.get("bridge") if src is not None else None
@@ -589,18 +533,16 @@ def bridge_source_not_bridge(facts, dom):
         elif ovs or link.master == "ovs-system":
             ok.append(f"{name} (Open vSwitch)")
         else:
+            not_bridges.append(name)
             what = {"bond": "a bond", "veth": "a veth", "physical": "a physical NIC"}.get(link.kind, f"a {link.kind} link")
             bad.append(f"{name} is {what}, not a bridge: \"Unable to add bridge {name} port vnet0: "
                        f"Operation not supported\"")
     if bad:
-        return Fail("; ".join(bad), evidence)
+        return Fail("; ".join(bad), evidence, plan=make_bridge(not_bridges))
     return Pass(f"bridge(s) {', '.join(ok)} exist", evidence)
 
 
-@bridge_source_not_bridge.fixer
-def make_bridge(finding, facts, dom):
-    names = [n for n, b in (finding.evidence.get("bridges") or {}).items() if b.get("exists") and
-             b.get("kind") != "bridge"]
+def make_bridge(names: list[str]):
     if not names:
         return plan("Create the bridge the domain names, or point the NIC at an existing one", Auto.MANUAL,
                     notes=["ip link add NAME type bridge && ip link set NAME up (persist it in the host's "
@@ -626,7 +568,7 @@ def _top_device(links, name: str) -> tuple[str, list[str]]:
 
 
 @check("macvtap-source-enslaved", scope="domain", area="network", severity="error",
-       title="<interface type='direct'> sits on a device that is free for macvtap")
+       title="<interface type='direct'> sits on a device that is free for macvtap", plans=True)
 def macvtap_source_enslaved(facts, dom):
     """Looks at each <interface type='direct'><source dev='X'>: X exists and
     is not enslaved to a bond or bridge (/sys/class/net/X/master).
@@ -666,31 +608,28 @@ def macvtap_source_enslaved(facts, dom):
         else:
             ok.append(dev)
     if bad:
-        return Fail("; ".join(bad), evidence)
+        return Fail("; ".join(bad), evidence, plan=use_the_master(facts, dom, links))
     return Pass(f"macvtap lower device(s) {', '.join(ok)} are free", evidence)
 
 
-@macvtap_source_enslaved.fixer
-def use_the_master(finding, facts, dom):
-    devices = finding.evidence.get("devices") or {}
-    if dom.info is None or not dom.name:
-        return None  # preflight: nothing defined to change
-    try:
-        links = _links(facts)
-    except FactUnavailable:
+def use_the_master(facts, dom, links):
+    """Move each enslaved direct NIC onto the device that owns it (the bridge as
+    <interface type='bridge'>, else the bond), through redefine_plan (its guard:
+    transient domains and XML files get advice or a file edit, never a define)."""
+    if not dom.name:
         return None
-    def edit(d) -> list[str]:
-        """Move each enslaved direct NIC of `d` onto the device that owns it."""
+
+    def edit(d):
         changes = []
         for iface in d.root.iterfind("devices/interface"):
             if iface.get("type") != "direct":
                 continue
             src = iface.find("source")
             dev = src.get("dev") if src is not None else None
-            info = devices.get(dev) or {}
-            if not info.get("master"):
+            link = links.get(dev) if dev else None
+            if link is None or not link.master:
                 continue
-            top, chain = _top_device(links, dev)
+            top, _chain = _top_device(links, dev)
             top_link = links.get(top)
             if top_link is None:
                 continue
@@ -703,19 +642,9 @@ def use_the_master(finding, facts, dom):
             else:
                 src.set("dev", top)
                 changes.append(f"{dev} -> <source dev='{top}'/> (the {top_link.kind})")
-        return changes
+        return f"Attach {dom.label}'s NIC to the device that owns it: {'; '.join(changes)}" if changes else None
 
-    draft = copy.copy(dom)
-    draft.tree = copy.deepcopy(dom.tree)
-    changes = edit(draft)
-    if not changes:
-        return None
-    new_xml = etree.tostring(draft.tree, encoding="unicode")
-    notes = ["MAC address and NIC model stay the same"]
-    if dom.info is not None and getattr(dom.info, "active", False):
-        notes.append("the domain is running: the change applies at its next start")
-    return plan(f"Attach {dom.label}'s NIC to the device that owns it: {'; '.join(changes)}", Auto.UNSAFE,
-                EditDomain(dom.name, new_xml, dom.info.xml, edit=edit), notes=notes)
+    return redefine_plan(dom, edit, auto=Auto.UNSAFE, notes=["MAC address and NIC model stay the same"])
 
 
 @hookimpl

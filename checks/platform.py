@@ -3,58 +3,12 @@ vhost-net and tun devices, cgroup controllers, the IOMMU, secure guests."""
 from __future__ import annotations
 
 import posixpath
-from dataclasses import dataclass
 
-from virtdoctor.api import (Action, Auto, FactUnavailable, Fail, MakeDir, Pass, RunCommand, Severity, Warn,
+from virtdoctor.api import (PersistModule, Auto, FactUnavailable, Fail, MakeDir, Pass, RunCommand, Severity, Warn,
                             WriteFile, check, hookimpl, plan)
 from virtdoctor.api import platformfacts as pf
 
 MODULES_LOAD = "/etc/modules-load.d/virtdoctor.conf"
-
-
-@dataclass
-class PersistModule(Action):
-    """Add a module to a modules-load.d file, keeping what is there. The line
-    is decided when applied, so two fixes in one run both land."""
-
-    path: str
-    module: str
-
-    @property
-    def touches(self):
-        return (self.path,)
-
-    def _new(self, env) -> tuple[str | None, str]:
-        try:
-            with open(env.path(self.path), encoding="utf-8") as fh:
-                old = fh.read()
-        except FileNotFoundError:
-            old = None
-        lines = (old or "").splitlines()
-        if self.module in (l.split("#", 1)[0].strip() for l in lines):
-            return old, old or ""
-        if old is None:
-            lines = ["# kernel modules virtdoctor found missing (loaded at boot by systemd-modules-load)"]
-        return old, "\n".join(lines + [self.module]) + "\n"
-
-    def command(self) -> str:
-        return f"echo {self.module} >> {self.path}"
-
-    def describe(self) -> str:
-        return f"load {self.module} at boot ({self.path})"
-
-    def preview(self, env) -> str:
-        import difflib
-
-        old, new = self._new(env)
-        return "".join(difflib.unified_diff((old or "").splitlines(True), new.splitlines(True),
-                                            fromfile=f"a{self.path}" if old is not None else "/dev/null",
-                                            tofile=f"b{self.path}"))
-
-    def apply(self, env) -> None:
-        old, new = self._new(env)
-        if new != (old or ""):
-            WriteFile(self.path, new, 0o644).apply(env)
 
 
 # -- /dev/vhost-net and /dev/net/tun ----------------------------------------------------
@@ -73,6 +27,7 @@ def _device_result(facts, slug: str):
     node, module, misc, _mode, _group, why = DEVICES[slug]
     st = facts.stat(node)
     mod = pf.kernel_module(facts, module, misc)
+    fix = _device_fix(facts, slug, mod)
     evidence = {"node": node, "module": module, "module_loaded": mod.loaded, "builtin": mod.builtin,
                 "loadable": mod.loadable, "misc_dev": mod.misc_dev, "kernel": mod.release}
     if st is not None and st.is_char_device:
@@ -80,11 +35,11 @@ def _device_result(facts, slug: str):
         evidence["rdev"] = rdev
         if mod.misc_dev and mod.misc_dev != rdev:
             return Fail(f"{node} is device {rdev} but the {misc} driver registered {mod.misc_dev}: "
-                        f"opening it reaches another driver", evidence)
+                        f"opening it reaches another driver", evidence)  # a person must look
         return Pass(f"{node} exists (character device {rdev})", evidence)
     if st is not None:
         evidence["type"] = "directory" if st.is_dir else "not a character device"
-        return Fail(f"{node} exists but is not a character device: {why}", evidence)
+        return Fail(f"{node} exists but is not a character device: {why}", evidence, plan=fix)
     if mod.misc_dev:
         cause = f"the {module} driver is loaded ({misc} is {mod.misc_dev}) but the device node is missing"
     elif not mod.modules_supported and not mod.builtin:
@@ -95,12 +50,11 @@ def _device_result(facts, slug: str):
         cause = f"the {module} module is neither loaded nor installed for kernel {mod.release}"
     else:
         cause = f"the {module} driver is not loaded"
-    return Fail(f"{node} is missing ({cause}): {why}", evidence)
+    return Fail(f"{node} is missing ({cause}): {why}", evidence, plan=fix)
 
 
-def _device_fix(facts, slug: str):
+def _device_fix(facts, slug: str, mod):
     node, module, misc, mode, group, _why = DEVICES[slug]
-    mod = pf.kernel_module(facts, module, misc)
     if mod.misc_dev:
         major, _, minor = mod.misc_dev.partition(":")
         actions = []
@@ -130,7 +84,7 @@ def _device_fix(facts, slug: str):
 
 
 @check("vhost-net-missing", scope="host", area="platform", severity="warning",
-       title="/dev/vhost-net exists (in-kernel virtio-net backend)")
+       title="/dev/vhost-net exists (in-kernel virtio-net backend)", plans=True)
 def vhost_net_missing(facts):
     """Looks at /dev/vhost-net (a character device), the vhost_net module and
     the misc device the driver registered (/sys/class/misc/vhost-net/dev).
@@ -143,13 +97,8 @@ def vhost_net_missing(facts):
     return _device_result(facts, "vhost-net-missing")
 
 
-@vhost_net_missing.fixer
-def load_vhost_net(finding, facts):
-    return _device_fix(facts, "vhost-net-missing")
-
-
 @check("tun-missing", scope="host", area="platform", severity="error",
-       title="/dev/net/tun exists (tap networking)")
+       title="/dev/net/tun exists (tap networking)", plans=True)
 def tun_missing(facts):
     """Looks at /dev/net/tun (a character device), the tun module and the misc
     device the driver registered (/sys/class/misc/tun/dev).
@@ -161,14 +110,9 @@ def tun_missing(facts):
     return _device_result(facts, "tun-missing")
 
 
-@tun_missing.fixer
-def load_tun(finding, facts):
-    return _device_fix(facts, "tun-missing")
-
-
 # -- cgroups -------------------------------------------------------------------------
 @check("cgroup-controller-missing", scope="host", area="platform", severity="warning",
-       title="cgroup controllers libvirt uses are available")
+       title="cgroup controllers libvirt uses are available", plans=True)
 def cgroup_controller_missing(facts):
     """Looks at the cgroup mounts (/proc/self/mounts), the v2 root's
     cgroup.controllers and /proc/cgroups for the controllers virt-host-validate
@@ -188,7 +132,8 @@ def cgroup_controller_missing(facts):
             results.append(Pass(f"cgroup '{name}' controller: {ctl.how}", evidence))
         else:
             results.append(Warn(f"cgroup '{name}' controller is missing ({ctl.how}): "
-                                f"{_controller_use(name)} fail", evidence))
+                                f"{_controller_use(name)} fail", evidence,
+                                plan=enable_controller(name, ctl.how, cg.mode, cg.v2_mount)))
     return results
 
 
@@ -198,13 +143,8 @@ def _controller_use(name: str) -> str:
             "devices": "device access control for guests", "blkio": "<blkiotune> and disk I/O throttling"}[name]
 
 
-@cgroup_controller_missing.fixer
-def enable_controller(finding, facts):
-    ev = finding.evidence
-    name = ev.get("controller")
-    if not name:
-        return None
-    how = ev.get("how", "")
+def enable_controller(name: str, how: str, mode: str, v2_mount: str | None):
+    how = how or ""
     commands = []
     notes = []
     if "switched off in the kernel" in how:
@@ -212,9 +152,9 @@ def enable_controller(finding, facts):
     elif "no such controller" in how:
         notes.append(f"the kernel lacks the {name} controller: boot a kernel with it (CONFIG_CGROUP_*, "
                      f"CONFIG_MEMCG, CONFIG_BLK_CGROUP...)")
-    elif ev.get("mode") in ("v2", "hybrid") and ev.get("v2_mount") and name not in ("cpuacct", "devices"):
+    elif mode in ("v2", "hybrid") and v2_mount and name not in ("cpuacct", "devices"):
         v2 = pf.V2_NAME.get(name, name)
-        commands.append(RunCommand(["sh", "-c", f"echo +{v2} > {ev['v2_mount']}/cgroup.subtree_control"],
+        commands.append(RunCommand(["sh", "-c", f"echo +{v2} > {v2_mount}/cgroup.subtree_control"],
                                    f"enable {v2} for child cgroups"))
         notes.append("a controller bound to a v1 hierarchy cannot be enabled on v2 until that is unmounted")
     else:
@@ -237,7 +177,7 @@ def _domains_with(facts, xpath: str) -> list[str]:
 
 
 @check("iommu-disabled", scope="host", area="platform", severity="info",
-       title="The IOMMU is on (PCI device assignment)")
+       title="The IOMMU is on (PCI device assignment)", plans=True)
 def iommu_disabled(facts):
     """Looks at /sys/kernel/iommu_groups, the ACPI DMAR (Intel VT-d) and IVRS
     (AMD-Vi) tables and intel_iommu=/amd_iommu=/iommu= on the kernel command line.
@@ -275,12 +215,10 @@ def iommu_disabled(facts):
                  "(in a VM: the hypervisor offers no virtual IOMMU)")
     tail = f"; domains with PCI passthrough will fail to start: {', '.join(users)}" if users else \
         "; this only matters for PCI passthrough"
-    return Fail(f"no IOMMU groups: {cause}{tail}", evidence, severity=sev)
+    return Fail(f"no IOMMU groups: {cause}{tail}", evidence, severity=sev, plan=ENABLE_IOMMU)
 
 
-@iommu_disabled.fixer
-def enable_iommu(finding, facts):
-    return plan("Enable the IOMMU in the firmware (VT-d / AMD-Vi) and on the kernel command line, then reboot",
+ENABLE_IOMMU = plan("Enable the IOMMU in the firmware (VT-d / AMD-Vi) and on the kernel command line, then reboot",
                 Auto.MANUAL, notes=["Debian: add intel_iommu=on (Intel) or amd_iommu=on iommu=pt (AMD) to "
                                     "GRUB_CMDLINE_LINUX in /etc/default/grub, run update-grub, reboot"])
 
@@ -290,7 +228,7 @@ LAUNCH_TYPES = {"sev": "sev", "sev-snp": "sev-snp", "s390-pv": "s390-pv", "tdx":
 
 
 @check("secure-guest-unsupported", scope="host", area="platform", severity="info",
-       title="The host supports confidential (secure) guests")
+       title="The host supports confidential (secure) guests", plans=True)
 def secure_guest_unsupported(facts):
     """Looks at AMD SEV (/sys/module/kvm_amd/parameters/sev, sev_es, sev_snp,
     /dev/sev), Intel TDX (kvm_intel.tdx), IBM Secure Execution (facility 158,
@@ -321,10 +259,11 @@ def secure_guest_unsupported(facts):
         return Fail(f"{', '.join(f'{d} wants <launchSecurity type={t!r}>' for d, t in missing.items())}, "
                     f"which this host does not offer"
                     + (f": {text}" if text else f" (it offers {', '.join(sorted(supported))})"),
-                    evidence, severity=Severity.ERROR)
+                    evidence, severity=Severity.ERROR, plan=ENABLE_SECURE_GUESTS)
     if supported:
         return Pass(f"secure guests possible: {', '.join(sorted(supported))}", evidence)
-    return Fail(text + " (only matters for confidential guests)", evidence, severity=Severity.INFO)
+    return Fail(text + " (only matters for confidential guests)", evidence, severity=Severity.INFO,
+                plan=ENABLE_SECURE_GUESTS)
 
 
 def _domcaps_secure(facts) -> dict[str, bool] | None:
@@ -355,9 +294,7 @@ def _launch_security(facts) -> dict[str, str]:
     return out
 
 
-@secure_guest_unsupported.fixer
-def enable_secure_guests(finding, facts):
-    return plan("Enable the secure guest technology in the firmware and the kernel", Auto.MANUAL,
+ENABLE_SECURE_GUESTS = plan("Enable the secure guest technology in the firmware and the kernel", Auto.MANUAL,
                 notes=["AMD SEV: enable SEV in the BIOS, boot with mem_encrypt=on kvm_amd.sev=1",
                        "IBM Secure Execution: boot with prot_virt=1",
                        "Intel TDX: needs a TDX-enabled BIOS and kernel (kvm_intel.tdx=1) and a libvirt that "

@@ -36,7 +36,7 @@ def _pem_evidence(pem) -> dict:
 
 
 @check("tls-ca-missing", scope="host", area="tls", severity="error",
-       title="The CA certificate for TLS is present", needs=("libvirt-installed",))
+       title="The CA certificate for TLS is present", needs=("libvirt-installed",), plans=True)
 def tls_ca_missing(facts):
     """Looks at the CA certificate libvirt loads when TLS is in use (a TLS URI such as
     qemu://HOST/system, or a daemon with listen_tls and --listen): /etc/pki/CA/cacert.pem,
@@ -53,20 +53,21 @@ def tls_ca_missing(facts):
         paths.setdefault(T.server_paths(facts).ca, "server")
     if use.client:
         paths.setdefault(T.client_paths(facts, T.resolved_uri(facts)).ca, "client")
-    results = []
+    results, fix = [], []
     for path, side in paths.items():
         pem = T.load_cert(facts, path)
         ev = {**_pem_evidence(pem), "side": side, "tls_in_use": use.reasons}
         if _missing(pem):
             extra = f" ({pem.path} is a symlink to {pem.target}, which does not exist)" if pem.state == "dangling" else ""
-            results.append(Fail(f"Cannot read CA certificate '{path}': {_why(pem)}{extra}", ev, key=path))
+            results.append(Fail(f"Cannot read CA certificate '{path}': {_why(pem)}{extra}", ev, key=path,
+                                plan=_once(fix, lambda: create_ca(facts, use))))
         else:
             results.append(Pass(f"CA certificate {path} is present ({side} side)", ev, key=path))
     return results
 
 
 @check("tls-server-cert-missing", scope="host", area="tls", severity="error",
-       title="The server certificate and key for TLS are present", needs=("libvirt-installed",))
+       title="The server certificate and key for TLS are present", needs=("libvirt-installed",), plans=True)
 def tls_server_cert_missing(facts):
     """Looks at the server certificate and key (/etc/pki/libvirt/servercert.pem,
     private/serverkey.pem, or cert_file/key_file of the daemon's config) when this host
@@ -79,19 +80,20 @@ def tls_server_cert_missing(facts):
     if not use.server:
         return _not_in_use(use, "server")
     sp = T.server_paths(facts)
-    results = []
+    results, fix = [], []
     for path, what in ((sp.cert, "certificate"), (sp.key, "private key")):
         pem = T.load_cert(facts, path) if what == "certificate" else T.load_key(facts, path)
         ev = {**_pem_evidence(pem), "paths_from": sp.source, "tls_in_use": use.reasons}
         if _missing(pem):
-            results.append(Fail(f"Cannot read {what} '{path}': {_why(pem)}", ev, key=path))
+            results.append(Fail(f"Cannot read {what} '{path}': {_why(pem)}", ev, key=path,
+                                plan=_once(fix, lambda: certificate_plan(facts, {"server"}))))
         else:
             results.append(Pass(f"server {what} {path} is present", ev, key=path))
     return results
 
 
 @check("tls-client-cert-missing", scope="host", area="tls", severity="error",
-       title="The client certificate and key for TLS are present", needs=("libvirt-installed",))
+       title="The client certificate and key for TLS are present", needs=("libvirt-installed",), plans=True)
 def tls_client_cert_missing(facts):
     """Looks at the client certificate and key a TLS URI needs
     (/etc/pki/libvirt/clientcert.pem and private/clientkey.pem as root,
@@ -104,14 +106,15 @@ def tls_client_cert_missing(facts):
     if not use.client:
         return _not_in_use(use, "client")
     cp = T.client_paths(facts, T.resolved_uri(facts))
-    results = []
+    results, fix = [], []
     for path, what in ((cp.cert, "certificate"), (cp.key, "private key")):
         pem = T.load_cert(facts, path) if what == "certificate" else T.load_key(facts, path)
         ev = {**_pem_evidence(pem), "paths_from": cp.source, "tls_in_use": use.reasons}
         if _missing(pem):
             results.append(Fail(
                 f"client {what} {path} is missing ({_why(pem)}): the server rejects the connection and "
-                f"virsh only says \"Unable to read TLS confirmation: Input/output error\"", ev, key=path))
+                f"virsh only says \"Unable to read TLS confirmation: Input/output error\"", ev, key=path,
+                plan=_once(fix, lambda: certificate_plan(facts, {"client"}))))
         else:
             results.append(Pass(f"client {what} {path} is present", ev, key=path))
     return results
@@ -304,21 +307,16 @@ def certificate_plan(facts, want: set[str]):
     return plan(summary, Auto.UNSAFE, *actions, notes=notes)
 
 
-@tls_ca_missing.fixer
-def create_ca(finding, facts):
-    use = T.tls_use(facts)
+def _once(cell: list, make):
+    """The plan shared by every failure of one check run, built on the first."""
+    if not cell:
+        cell.append(make())
+    return cell[0]
+
+
+def create_ca(facts, use):
     want = {s for s, on in (("server", use.server), ("client", use.client)) if on}
     return certificate_plan(facts, want or {"server", "client"})
-
-
-@tls_server_cert_missing.fixer
-def create_server_cert(finding, facts):
-    return certificate_plan(facts, {"server"})
-
-
-@tls_client_cert_missing.fixer
-def create_client_cert(finding, facts):
-    return certificate_plan(facts, {"client"})
 
 
 @hookimpl

@@ -488,9 +488,3 @@ def edit_copy(dom: "Domain", edit) -> tuple[etree._ElementTree, Any]:
     result = edit(Domain(tree=tree, source=dom.source, subject=dom.subject, info=dom.info, extra=dict(dom.extra)))
     return tree, result
 
-
-def edit_domain(name: str, new_xml: str, old_xml: str, edit):
-    """The `remedy.EditDomain` action: `edit(dom)` re-applied at fix time."""
-    from virtdoctor.remedy import EditDomain
-
-    return EditDomain(name, new_xml, old_xml, edit=edit)

@@ -80,13 +80,16 @@ def _finding(chk: Check, r: Result, subject: str, facts, dom, knowledge) -> Find
     if r.status is Status.ERROR:
         severity = Severity.WARNING
     fix = r.fix
-    if fix is None and r.plan is not None and r.status is Status.FAIL:
-        fix = FixInfo(r.plan.summary, tuple(r.plan.commands), r.plan.auto)
+    plan = r.plan if r.status is Status.FAIL else None
+    if plan is None and fix is None and r.status is Status.FAIL and chk.fixer_func is not None:
+        plan = _fixer_plan(chk, r, subject, facts, dom)  # built once: `fix` applies this very plan
+    if fix is None and plan is not None:
+        fix = FixInfo(plan.summary, tuple(plan.commands), plan.auto)
     if fix is None and r.status is Status.FAIL:
         fix = fix_info(chk, r, subject, facts, dom, knowledge)
     return Finding(id=chk.slug, status=r.status, severity=severity, subject=subject, title=chk.title,
                    message=r.message or _default_message(r.status, chk), evidence=dict(r.evidence),
-                   fix=fix, area=chk.area, plan=r.plan if r.status is Status.FAIL else None, key=r.key)
+                   fix=fix, area=chk.area, plan=plan, key=r.key)
 
 
 def _default_message(status: Status, chk: Check) -> str:
@@ -94,18 +97,19 @@ def _default_message(status: Status, chk: Check) -> str:
             Status.ERROR: "check crashed"}[status]
 
 
+def _fixer_plan(chk: Check, r: Result, subject: str, facts, dom):
+    """The plan of a third-party `@fixer` (built-in checks attach theirs to the
+    failure), None when it has none or cannot make one."""
+    try:
+        draft = Finding(chk.slug, r.status, r.severity or chk.severity, subject, chk.title,
+                        r.message, dict(r.evidence), None, chk.area)
+        return chk.fixer_func(draft, facts, dom) if chk.scope == "domain" else chk.fixer_func(draft, facts)
+    except Exception:
+        return None
+
+
 def fix_info(chk: Check, r: Result, subject: str, facts, dom, knowledge) -> FixInfo | None:
-    """The finding's fix: the fixer's plan when there is one (it knows this
-    host), else the knowledge entry's advice."""
-    if chk.fixer_func is not None:
-        try:
-            draft = Finding(chk.slug, r.status, r.severity or chk.severity, subject, chk.title,
-                            r.message, dict(r.evidence), None, chk.area)
-            plan = chk.fixer_func(draft, facts, dom) if chk.scope == "domain" else chk.fixer_func(draft, facts)
-        except Exception:
-            plan = None
-        if plan is not None:
-            return FixInfo(plan.summary, tuple(plan.commands), plan.auto)
+    """The finding's fix when no plan exists: the knowledge entry's advice."""
     entry = knowledge(chk.slug) if knowledge else None
     if entry is not None:
         # no fixer here: whatever the catalogue says, virtdoctor cannot apply it

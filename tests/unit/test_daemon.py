@@ -1,6 +1,7 @@
 """Daemon checks on fake roots: socket and process, log directory, QEMU's account, D-Bus."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import subprocess
@@ -147,7 +148,7 @@ def test_builtin_default_account_missing(fake_root):
     f = one(D.qemu_user_missing, facts_for(fake_root))
     assert f.status is Status.FAIL and "Failed to parse user 'libvirt-qemu'" in f.message
     # nothing to point at: the fix is advice to create the account
-    p = D.point_qemu_conf_at_account(f, facts_for(fake_root))
+    p = f.plan
     assert p.auto.value == "manual" and "useradd" in p.commands[0]
 
 
@@ -168,7 +169,7 @@ def test_qemu_conf_syntax_error_names_file_and_line(fake_root):
     assert f.status is Status.FAIL
     assert "syntax error at /etc/libvirt/qemu.conf:3" in f.message
     assert f.evidence["line"] == 3
-    p = D.point_qemu_conf_at_account(f, facts_for(fake_root))
+    p = f.plan
     assert p.auto.value == "manual"
 
 
@@ -201,7 +202,7 @@ def test_qemu_user_fix_sets_conf_keeps_comments_and_starts_daemon(fake_root, tmp
     host(fake_root, qemu_conf=DEBIAN_QEMU_CONF + 'user = "vdtest-nouser"   # broken on purpose\n')
     facts = facts_for(fake_root, procs=())          # the daemon died on the bad user
     finding = one(D.qemu_user_missing, facts)
-    p = D.point_qemu_conf_at_account(finding, facts)
+    p = finding.plan
     assert p.auto.value == "unsafe"
     assert p.commands[0] == 'set user = "libvirt-qemu" in /etc/libvirt/qemu.conf'
     assert p.commands[-1] == "libvirtd -d"
@@ -231,10 +232,9 @@ def test_qemu_user_fix_rolls_back_when_the_daemon_does_not_come_up(fake_root, tm
     original = DEBIAN_QEMU_CONF + 'user = "vdtest-nouser"\n'
     host(fake_root, qemu_conf=original)
     facts = facts_for(fake_root, procs=())
-    p = D.point_qemu_conf_at_account(one(D.qemu_user_missing, facts), facts)
-    for a in p.actions:
-        if isinstance(a, D.RestartDaemon):
-            a.wait_seconds = 0.3
+    p = one(D.qemu_user_missing, facts).plan
+    p = dataclasses.replace(p, actions=tuple(dataclasses.replace(a, wait_seconds=0.3)
+                                             if isinstance(a, remedy.RestartDaemon) else a for a in p.actions))
     env = remedy.Env(root=str(fake_root), accounts=facts.accounts,
                      run=lambda argv: subprocess.CompletedProcess(argv, 0, "", ""))
     out = remedy.apply_plan(p, env, "qemu-user-missing", "host", lambda: (True, ""), str(tmp_path / "b"))
@@ -245,7 +245,7 @@ def test_qemu_user_fix_rolls_back_when_the_daemon_does_not_come_up(fake_root, tm
 def test_restart_plan_names_running_pid(fake_root):
     host(fake_root, qemu_conf='user = "ghost"\n')
     facts = facts_for(fake_root)
-    p = D.point_qemu_conf_at_account(one(D.qemu_user_missing, facts), facts)
+    p = one(D.qemu_user_missing, facts).plan
     assert p.commands[-1] == "kill 4242 && libvirtd -d"
     assert any("restarted (pid 4242)" in n for n in p.notes)
 
@@ -253,7 +253,7 @@ def test_restart_plan_names_running_pid(fake_root):
 def test_restart_refuses_to_kill_live_pids_for_a_fake_root(fake_root):
     env = remedy.Env(root=str(fake_root), run=lambda argv: subprocess.CompletedProcess(argv, 0, "", ""))
     with pytest.raises(remedy.ActionError):
-        D.RestartDaemon("libvirtd", [os.getpid()], "/run/libvirt/libvirt-sock").apply(env)
+        remedy.RestartDaemon("libvirtd", [os.getpid()], "/run/libvirt/libvirt-sock").apply(env)
 
 
 # -- dbus-unavailable -----------------------------------------------------------------------------

@@ -88,7 +88,7 @@ def test_display_fix_for_foreign_media_is_manual(fake_root):
 
     dom = domxml.parse_domain(domain_xml(devices=cdrom("/isos/ubuntu-arm64.iso")), "x.xml")
     p = display.fix_display(facts_for(fake_root, offline=True), dom)
-    assert p.auto.value == "manual" and p.actions == []
+    assert p.auto.value == "manual" and not p.actions
     assert "/isos/ubuntu-arm64.iso is for aarch64" in p.notes[0]
 
 

@@ -115,7 +115,7 @@ def test_default_network_inactive_host_fixer_starts_and_defines(fake_root):
                        [netinfo("lab", active=False, autostart=False)])
     f = one(net.default_network_inactive, facts)
     assert f.status is Status.FAIL and f.fix.auto is Auto.SAFE
-    p = net.start_networks(f, facts)
+    p = f.plan
     kinds = [type(a).__name__ for a in p.actions]
     assert kinds == ["DefineNetwork", "StartNetwork", "StartNetwork"]
     assert p.actions[0].xml == DEFAULT_XML
@@ -126,14 +126,14 @@ def test_default_network_inactive_host_fixer_starts_and_defines(fake_root):
 def test_default_network_inactive_fixer_manual_for_unknown_network(fake_root):
     facts = make_facts(fake_root, [dominfo("a", nic_network("ghost"))], [netinfo()])
     f = one(net.default_network_inactive, facts)
-    p = net.start_networks(f, facts)
+    p = f.plan
     assert p.auto is Auto.MANUAL and "ghost" in p.notes[0]
 
 
 def test_default_network_missing_without_template_is_manual(fake_root):
     facts = make_facts(fake_root, [dominfo("a", nic_network())], [])
     f = one(net.default_network_inactive, facts)
-    p = net.start_networks(f, facts)
+    p = f.plan
     assert p.auto is Auto.MANUAL and "libvirt-daemon-config-network" in p.notes[0]
 
 
@@ -156,12 +156,15 @@ class FakeNet:
     def setAutostart(self, v):
         self.auto = bool(v)
 
+    def autostart(self):
+        return int(self.auto)
+
     def undefine(self):
         del self.conn.nets[self._name]
 
 
 class FakeConn:
-    """The four calls DefineNetwork and StartNetwork make."""
+    """The calls DefineNetwork and StartNetwork make (and their undo)."""
 
     def __init__(self, nets):
         self.nets = {n: FakeNet(self, n, a) for n, a in nets.items()}
@@ -184,7 +187,7 @@ def test_default_network_fix_applies_and_rolls_back(fake_root, tmp_path):
     fake_root.write(net.DEFAULT_TEMPLATE, DEFAULT_XML)
     facts = make_facts(fake_root, [dominfo("a", nic_network())], [])
     f = one(net.default_network_inactive, facts)
-    p = net.start_networks(f, facts)
+    p = f.plan
     conn = FakeConn({})
     env = remedy.Env(root=str(fake_root), libvirt_open=lambda: conn)
     out = remedy.apply_plan(p, env, f.id, f.subject, lambda: (True, ""), str(tmp_path / "backups"))
@@ -193,7 +196,7 @@ def test_default_network_fix_applies_and_rolls_back(fake_root, tmp_path):
     # a re-check that still fails: the network this fix defined is removed again
     conn2 = FakeConn({})
     env2 = remedy.Env(root=str(fake_root), libvirt_open=lambda: conn2)
-    p2 = net.start_networks(f, facts)
+    p2 = f.plan
     out2 = remedy.apply_plan(p2, env2, f.id, f.subject, lambda: (False, "still"), str(tmp_path / "backups"))
     assert out2.status == "rolled-back"
     assert "default" not in conn2.nets
@@ -225,7 +228,7 @@ def test_domain_network_fix_is_safe_start(fake_root):
     facts = make_facts(fake_root, [info], [netinfo(active=False)])
     dom = from_info(info)
     f = one(net.domain_networks_inactive, facts, dom)
-    p = net.start_domain_networks(f, facts, dom)
+    p = f.plan
     assert p.auto is Auto.SAFE
     assert p.commands == ["virsh net-start default && virsh net-autostart default"]
 
@@ -463,11 +466,13 @@ def test_macvtap_fix_uses_the_bond():
     facts = make_facts(ROOTS / "bond-alb-nobridge", [info], [])
     dom = from_info(info)
     f = one(net.macvtap_source_enslaved, facts, dom)
-    p = net.use_the_master(f, facts, dom)
+    p = f.plan
     assert p.auto is Auto.UNSAFE
     (action,) = p.actions
-    assert isinstance(action, DefineDomain) and action.name == "vm" and action.old_xml == info.xml
-    assert "<source dev=\"bond0\" mode=\"bridge\"/>" in action.new_xml
+    assert isinstance(action, DefineDomain) and action.name == "vm" and action.old_xml.rstrip() == info.xml.rstrip()
+    assert "<source dev='bond0' mode='bridge'/>" in action.new_xml
+    # the edit as data: operations re-applied at fix time to the XML with secrets
+    assert [op.op for op in action.ops] == ["set-attribute"] and action.ops[0].value == "bond0"
     assert "52:54:00:aa:bb:cc" in action.new_xml
     # the new XML passes the check
     new = parse_domain(action.new_xml, "new", subject="domain:vm")
@@ -479,7 +484,7 @@ def test_macvtap_fix_bridge_chain_becomes_bridge_interface():
     facts = make_facts(ROOTS / "bond-alb-bridge", [info], [])
     dom = from_info(info)
     f = one(net.macvtap_source_enslaved, facts, dom)
-    p = net.use_the_master(f, facts, dom)
+    p = f.plan
     new = parse_domain(p.actions[0].new_xml, "new", subject="domain:vm")
     iface = new.root.find("devices/interface")
     assert iface.get("type") == "bridge" and iface.find("source").attrib == {"bridge": "br0"}
@@ -491,7 +496,7 @@ def test_macvtap_fix_not_offered_for_preflight_xml():
     facts = make_facts(ROOTS / "bond-alb-bridge", [], [])
     f = one(net.macvtap_source_enslaved, facts, dom)
     assert f.status is Status.FAIL
-    assert net.use_the_master(f, facts, dom) is None
+    assert not f.plan.actions and f.plan.auto is Auto.MANUAL  # advice only: nothing defined to change
 
 
 def test_registered_in_report_order():

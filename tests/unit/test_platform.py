@@ -114,7 +114,7 @@ def test_vhost_net_fix_modprobe_and_persist(fake_root, tmp_path):
     fake_root.write(plat.MODULES_LOAD, "# mine\ntun\n")
     facts = make_facts(fake_root)
     f = one(plat.vhost_net_missing, facts)
-    p = plat.load_vhost_net(f, facts)
+    p = f.plan
     assert p.commands == ["modprobe vhost_net", "echo vhost_net >> /etc/modules-load.d/virtdoctor.conf"]
     ran = []
 
@@ -139,7 +139,7 @@ def test_tun_fix_mknod_when_driver_loaded_and_rollback(fake_root, tmp_path):
     fake_root.write("/sys/class/misc/tun/dev", "10:200\n")
     facts = make_facts(fake_root)
     f = one(plat.tun_missing, facts)
-    p = plat.load_tun(f, facts)
+    p = f.plan
     assert p.auto is Auto.SAFE
     assert p.commands == ["mkdir -p -m 0755 /dev/net", "mknod -m 0666 /dev/net/tun c 10 200"]
     env = remedy.Env(root=str(fake_root), run=lambda argv: mknod(fake_root, "/dev/net/tun", 10, 200)
@@ -152,9 +152,9 @@ def test_tun_fix_mknod_when_driver_loaded_and_rollback(fake_root, tmp_path):
 
 def test_persist_module_twice_in_one_run(fake_root, tmp_path):
     env = remedy.Env(root=str(fake_root))
-    plat.PersistModule(plat.MODULES_LOAD, "tun").apply(env)
-    plat.PersistModule(plat.MODULES_LOAD, "vhost_net").apply(env)
-    plat.PersistModule(plat.MODULES_LOAD, "tun").apply(env)
+    remedy.PersistModule(plat.MODULES_LOAD, "tun").apply(env)
+    remedy.PersistModule(plat.MODULES_LOAD, "vhost_net").apply(env)
+    remedy.PersistModule(plat.MODULES_LOAD, "tun").apply(env)
     lines = fake_root.read(plat.MODULES_LOAD).splitlines()
     assert lines[1:] == ["tun", "vhost_net"] and lines[0].startswith("#")
 

@@ -142,7 +142,7 @@ def test_live_commands_report_failures():
 def test_plan_data():
     p = plan("Fix it", "safe", MakeDir("/a"), SetMode("/b", 0o644), notes=("restart later",))
     assert p.auto is Auto.SAFE and p.commands == ["mkdir -p -m 0700 /a", "chmod 0644 /b"]
-    assert p.notes == ["restart later"]
+    assert p.notes == ("restart later",)
     with pytest.raises(ValueError):
         plan("x", "sometimes")
 

@@ -285,7 +285,7 @@ def test_fix_creates_ca_server_and_client_set(fake_root, tmp_path):
     base(fake_root)
     f = facts_for(fake_root, uri="qemu://localhost/system")
     finding = run(C.tls_ca_missing, f)[0]
-    p = C.create_ca(finding, f)
+    p = finding.plan
     assert p.auto.value == "unsafe"
     assert any("--listen" in n for n in p.notes)
 
@@ -305,8 +305,8 @@ def test_fix_creates_ca_server_and_client_set(fake_root, tmp_path):
 def test_all_plans_of_one_run_write_the_same_material(fake_root):
     base(fake_root)
     f = facts_for(fake_root, uri="qemu://localhost/system")
-    a = C.create_ca(None, f)
-    b = C.create_client_cert(None, f)
+    a = run(C.tls_ca_missing, f)[0].plan
+    b = run(C.tls_client_cert_missing, f)[0].plan
     text = {x.path: x.content for x in a.actions if hasattr(x, "content")}
     assert text == {x.path: x.content for x in b.actions if hasattr(x, "content")}
 
@@ -319,7 +319,7 @@ def test_fix_with_existing_ca_and_key_issues_only_the_missing_cert(fake_root):
     os.unlink(fake_root.path(T.SERVER_CERT))
     os.unlink(fake_root.path(T.SERVER_KEY))
     f = facts_for(fake_root, procs=LISTENING)
-    p = C.create_server_cert(run(C.tls_server_cert_missing, f)[0], f)
+    p = run(C.tls_server_cert_missing, f)[0].plan
     assert sorted(a.path for a in p.actions) == sorted([T.SERVER_CERT, T.SERVER_KEY])
     env = remedy.Env(root=str(fake_root), accounts=f.accounts)
     for a in p.actions:
@@ -334,7 +334,7 @@ def test_fix_without_the_ca_key_is_manual(fake_root):
     os.unlink(fake_root.path(T.CA_KEY_FILE))
     os.unlink(fake_root.path(T.SERVER_CERT))
     f = facts_for(fake_root, procs=LISTENING)
-    p = C.create_server_cert(run(C.tls_server_cert_missing, f)[0], f)
+    p = run(C.tls_server_cert_missing, f)[0].plan
     assert p.auto.value == "manual" and not p.actions
 
 

@@ -304,11 +304,12 @@ def fix_files(ctx, facts, checks, domains, *, unsafe: bool, backup_dir: str | No
     input file, re-checking each from the rewritten file and restoring the
     backup when the re-check still fails."""
     from virtdoctor import engine, remedy
-    from virtdoctor.model import Auto, Status
+    from virtdoctor.commands.fix import FixItem, run_fixes
+    from virtdoctor.model import Status
 
-    lookup = _common.knowledge_lookup(ctx)
     from virtdoctor.root import Root
 
+    lookup = _common.knowledge_lookup(ctx)
     env = remedy.Env(root="/")  # the input files are this machine's files, named as given
     base = backup_dir or Root(ctx.root).real(remedy.DEFAULT_BACKUP_DIR)  # backups below --root
     outcomes: list[dict] = []
@@ -325,12 +326,7 @@ def fix_files(ctx, facts, checks, domains, *, unsafe: bool, backup_dir: str | No
                 for f in engine.run_check(chk, facts, current, lookup):
                     if f.status is not Status.FAIL or (chk.slug, f.message) in tried:
                         continue
-                    p = f.plan
-                    if p is None and chk.fixer_func is not None:
-                        try:
-                            p = chk.fixer_func(f, facts, current)
-                        except Exception:
-                            p = None
+                    p = f.plan  # the check's plan (or its fixer's, built once by the engine)
                     if p is not None and _file_plan(p, current):
                         todo = (chk, f, p)
                         break
@@ -340,13 +336,6 @@ def fix_files(ctx, facts, checks, domains, *, unsafe: bool, backup_dir: str | No
                 break
             chk, f, p = todo
             tried.add((chk.slug, f.message))
-            entry = {"id": f.id, "subject": f.subject, "summary": p.summary, "auto": p.auto.value,
-                     "commands": p.commands, "diff": p.diff(env), "applied": False, "verified": False,
-                     "backup": None}
-            if p.auto is Auto.UNSAFE and not unsafe:
-                entry.update(status="skipped", detail="unsafe (guest-visible change): needs --unsafe as well")
-                outcomes.append(entry)
-                continue
 
             def recheck(chk=chk, subject=f.subject):
                 fresh = reload(dom)
@@ -354,7 +343,6 @@ def fix_files(ctx, facts, checks, domains, *, unsafe: bool, backup_dir: str | No
                 bad = [r for r in rs if r.status in (Status.FAIL, Status.ERROR)]
                 return (not bad, bad[0].message if bad else "")
 
-            out = remedy.apply_plan(p, env, f.id, f.subject, recheck, base)
-            entry.update(out.to_dict())
-            outcomes.append(entry)
+            outcomes += run_fixes([FixItem(f, chk, current, p, recheck=recheck)], env, backup_base=base,
+                                  lock_path=None, unsafe=unsafe, apply=True)
     return outcomes
