@@ -377,8 +377,10 @@ def disk_source_permission(facts, dom):
     Why: the start fails with "Cannot access storage file '<path>' (as
     uid:64055, gid:64055): Permission denied" or QEMU's "Could not open
     '<path>': Permission denied".
-    No automatic fix (access policy is the admin's call): the exact chmod /
-    setfacl commands are given."""
+    Fix safety: safe, as virt-manager offers it: `setfacl -m u:QEMUUSER:x` on each
+    directory that blocks traversal, read (or read-write) on the image only when libvirt
+    would not chown it (dynamic_ownership off, relabel='no'); rollback and undo restore
+    the ACLs exactly."""
     _host_needed(facts)
     ident = qemu_identity(facts)
     if ident is None:
@@ -391,7 +393,7 @@ def disk_source_permission(facts, dom):
         if not facts.exists(path):
             continue  # disk-source-missing reports it
         checked += 1
-        problems, commands = [], []
+        problems, commands, steps = [], [], []
         for parent in _parents(path):
             info = facts.stat(parent)
             if info is None or not info.is_dir:
@@ -399,39 +401,64 @@ def disk_source_permission(facts, dom):
             if not info.allowed(uid, gids, "x"):
                 problems.append(f"{parent} ({info.owner}:{info.group} {info.mode_text}"
                                 f"{', ACL ' + info.acl_text if info.acl_text else ''}) is not searchable")
-                commands.append(f"setfacl -m u:{user}:x {shlex.quote(parent)}")
+                argv = _grant(info, user, uid, 1, parent)
+                commands.append(shlex.join(argv))
+                steps.append((argv, parent))
         info = facts.stat(path)
         want = "r" if d.readonly else "rw"
         relabel = dynamic and _relabelled(dom, d)
         if info is not None:
             if relabel:
-                # libvirt makes QEMU's user the owner: the owner bits decide
+                # libvirt makes QEMU's user the owner: the owner bits decide (the ACL of the
+                # file is libvirt's business then: dynamic_ownership)
                 owner_bits = (info.perms >> 6) & 7
                 need = 4 | (0 if d.readonly else 2)
                 if owner_bits & need != need:
                     problems.append(f"{path} mode {info.mode_text}: even after libvirt chowns it to {user} "
                                     f"the owner has no {want} access")
-                    commands.append(f"chmod u+{want} {shlex.quote(path)}")
+                    argv = ["chmod", f"u+{want}", path]
+                    commands.append(shlex.join(argv))
+                    steps.append((argv, path))
             elif not info.allowed(uid, gids, want):
                 problems.append(f"{path} ({info.owner}:{info.group} {info.mode_text}"
                                 f"{', ACL ' + info.acl_text if info.acl_text else ''}) is not {want} for {label}"
                                 " and libvirt does not relabel it (dynamic_ownership off or seclabel relabel='no')")
-                commands.append(f"setfacl -m u:{user}:{want} {shlex.quote(path)}")
+                argv = _grant(info, user, uid, 4 | (0 if d.readonly else 2), path)
+                commands.append(shlex.join(argv))
+                steps.append((argv, path))
         if problems:
             out.append(Fail(f"{d.device} {d.target}: {label} cannot open {path}: " + "; ".join(problems)
                             + f"; the start fails with \"Cannot access storage file '{path}' (as uid:{uid}, "
                               f"gid:{gid}): Permission denied\"",
                             {"target": d.target, "path": path, "qemu": label, "dynamic_ownership": dynamic,
                              "problems": problems, "commands": commands}, key=d.target,
-                            plan=disk_permission_advice(commands)))
+                            plan=disk_permission_plan(facts, steps)))
     return out or Pass(f"{label} can open {checked} local source(s)" if checked else "no local disk source")
 
 
+def _grant(info, user: str, uid, bits: int, path: str) -> list[str]:
+    """`setfacl -m u:USER:PERMS PATH` adding `bits` to what QEMU's user already has by a
+    named entry (-m replaces that entry's permissions: an existing r must stay r)."""
+    have = next((e.perm for e in info.acl if e.tag == 0x02 and e.id == uid), 0)  # ACL_USER
+    perm = have | bits
+    text = "".join(c for b, c in ((4, "r"), (2, "w"), (1, "x")) if perm & b)
+    return ["setfacl", "-m", f"u:{user}:{text}", path]
+
+
 @planner
-def disk_permission_advice(cmds: list[str]):
-    return plan("Let QEMU's account reach the image: " + "; ".join(cmds)
-                + " (or chmod o+x on the directories, or move the image to /var/lib/libvirt/images)",
-                Auto.MANUAL, *(RunCommand(shlex.split(c)) for c in cmds))
+def disk_permission_plan(facts, steps: list[tuple[list[str], str]]):
+    """The way virt-manager offers it: an ACL entry for QEMU's user on each directory that
+    blocks traversal and, only when libvirt would not chown it, on the image; never a
+    chmod of the world bits, never a directory above the path. Each path's mode and ACL
+    are backed up (touches): rollback and `fix --undo` put them back exactly."""
+    cmds = [shlex.join(argv) for argv, _ in steps]
+    actions = [RunCommand(list(argv), f"{shlex.join(argv)}", touches=(p,)) for argv, p in steps]
+    if facts.which("setfacl") is None and any(a[0] == "setfacl" for a, _ in steps):
+        return plan("Let QEMU's account reach the image: " + "; ".join(cmds), Auto.MANUAL, *actions,
+                    notes=["setfacl is not installed (Debian: apt-get install acl)"])
+    return plan("Grant QEMU's account what it lacks on the image's path: " + "; ".join(cmds), Auto.SAFE, *actions,
+                notes=["ACL entries for QEMU's user only: no other account gains access; the previous mode "
+                       "and ACL of each path are backed up and restored by rollback and `virtdoctor fix --undo`"])
 
 
 # -- cache mode ------------------------------------------------------------------------

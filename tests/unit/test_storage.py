@@ -393,3 +393,32 @@ def test_disk_source_missing_quotes_the_qemu_uid_for_qcow2(fake_root):
     [r] = fails(S.disk_source_missing, f, xml(devices=disk("vda", "virtio", driver=drv)))
     assert ("Cannot access storage file '/var/lib/libvirt/images/vda.img' (as uid:64055, gid:64055): "
             "No such file or directory") in r.message
+
+
+def test_permission_plan_is_safe_setfacl_where_setfacl_exists(fake_root):
+    f = host(fake_root)
+    fake_root.write("/usr/bin/setfacl", "#!/bin/sh\n", 0o755)
+    fake_root.mkdir("/home/alice", 0o700)
+    fake_root.mkdir("/home/alice/vms", 0o755)
+    fake_root.write("/home/alice/vms/vm.qcow2", b"x", 0o644)
+    [r] = perm_results(fake_root, f, disk("vda", "virtio", source="/home/alice/vms/vm.qcow2"))
+    # only the blocking directory, nothing above or below it, no chmod
+    assert r.fix.auto is Auto.SAFE and r.fix.commands == ("setfacl -m u:libvirt-qemu:x /home/alice",)
+    [action] = r.plan.actions
+    assert action.touches == ("/home/alice",)  # its mode and ACL are backed up: rollback/undo restore them
+
+
+def test_permission_grant_keeps_what_the_named_entry_already_gives(fake_root):
+    f = host(fake_root, dynamic=0)
+    fake_root.write("/usr/bin/setfacl", "#!/bin/sh\n", 0o755)
+    d = fake_root.mkdir("/srv/vm", 0o700)
+    acl = encode_acl_xattr([AclEntry(USER_OBJ, 7, None), AclEntry(USER, 4, QEMU_UID), AclEntry(GROUP_OBJ, 0, None),
+                            AclEntry(MASK, 4, None), AclEntry(OTHER, 0, None)])
+    try:
+        os.setxattr(d, ACL_XATTR, acl)
+    except OSError as exc:
+        pytest.skip(f"no POSIX ACLs on {d}: {exc}")
+    fake_root.write("/srv/vm/a.img", b"x", 0o600)
+    [r] = perm_results(fake_root, f, disk("vda", "virtio", source="/srv/vm/a.img"))
+    assert r.fix.commands == ("setfacl -m u:libvirt-qemu:rx /srv/vm", "setfacl -m u:libvirt-qemu:rw /srv/vm/a.img")
+    assert r.fix.auto is Auto.SAFE
