@@ -312,6 +312,39 @@ def test_swtpm_hidden_is_found_and_the_guest_starts_when_it_is_back(vm_xml, defi
     assert start_and_prove(dom).cpu_time_ns > 0
 
 
+def test_tpm_state_dir_with_the_wrong_owner_is_chowned_back(vm_xml, define_vm, run_virtdoctor):
+    name = "vdtest-nd-tpmst"
+    dom = define_vm(vm_xml(name, virt_type="qemu", memory_mib=64,
+                           devices="<tpm model='tpm-tis'><backend type='emulator' version='2.0'/></tpm>"))
+    state = f"/var/lib/libvirt/swtpm/{dom.UUIDString()}"
+    try:
+        dom.create()  # creates the TPM state
+        dom.destroy()
+        subprocess.run(["chown", "-R", "root:root", state], check=True)
+        subprocess.run(["chmod", "-R", "go-rwx", state], check=True)
+        with pytest.raises(libvirt.libvirtError) as err:
+            dom.create()
+        assert "tpm-emulator: TPM result for CMD_INIT: 0x9 operation failed" in str(err.value)
+        rc, out = vd_json(run_virtdoctor, "check", "--only", "swtpm-setup-failed", "--domain", name)
+        [f] = findings(out, "swtpm-setup-failed", f"domain:{name}")
+        assert f["status"] == "fail" and f"{state} is root:root, not tss:tss" in f["message"]
+        assert f["fix"]["auto"] == "safe" and f["fix"]["commands"] == [f"chown -R tss:tss {state}"]
+        doc = first_cause(run_virtdoctor, name)
+        assert doc["causes"][0]["id"] == "swtpm-setup-failed", [c["id"] for c in doc["causes"]]
+        rc, out = vd_json(run_virtdoctor, "fix", "--yes", "--only", "swtpm-setup-failed", "--domain", name,
+                          "--backup-dir", "/tmp/vdtest-backups")
+        assert fixed(out), out
+        assert start_and_prove(dom).cpu_time_ns > 0
+    finally:
+        try:
+            if dom.isActive():
+                dom.destroy()
+            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_TPM)
+        except libvirt.libvirtError:
+            pass
+        shutil.rmtree(state, ignore_errors=True)
+
+
 # -- virtiofs --------------------------------------------------------------------------------------------------
 FS = ("<filesystem type='mount' accessmode='passthrough'><driver type='virtiofs'/>"
       "<source dir='/tmp'/><target dir='vdtest'/></filesystem>")

@@ -1,6 +1,7 @@
 """Host memory as QEMU meets it: hugetlbfs mounts and free huge pages per size and NUMA node,
-/proc/meminfo and the overcommit policy, and RLIMIT_MEMLOCK of the daemon and of this process
-(the session user's QEMU inherits it). All read from /proc and /sys below the root."""
+/proc/meminfo and the overcommit policy, and RLIMIT_MEMLOCK of this process (QEMU on
+qemu:///session inherits it; a privileged daemon raises QEMU's limit itself). All read from
+/proc and /sys below the root."""
 from __future__ import annotations
 
 import re
@@ -8,7 +9,6 @@ from dataclasses import dataclass, field
 
 HUGEPAGES = "/sys/kernel/mm/hugepages"
 NODES = "/sys/devices/system/node"
-DAEMONS = ("libvirtd", "virtqemud")
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class MemoryFacts:
     meminfo: dict = field(default_factory=dict)  # key -> KiB
     overcommit: int | None = None
     overcommit_ratio: int | None = None
-    memlock: dict = field(default_factory=dict)  # who ("libvirtd", "virtqemud", "self") -> soft limit bytes or None (unlimited)
+    memlock: dict = field(default_factory=dict)  # "self" (QEMU on qemu:///session inherits it) -> soft limit bytes or None (unlimited)
 
     def pool(self, size_kib: int, node: int | None = None) -> PagePool | None:
         for p in (self.pools if node is None else self.node_pools):
@@ -97,14 +97,6 @@ def read_memory(facts) -> MemoryFacts:
         if m:
             node_pools += _pools(facts, f"{NODES}/{d}/hugepages", int(m.group(1)))
     memlock = {}
-    for proc in facts.processes:
-        if proc.name in DAEMONS and proc.name not in memlock:
-            try:
-                found, soft = limits_memlock(facts.read_text(f"/proc/{proc.pid}/limits"))
-            except Exception:
-                continue
-            if found:
-                memlock[proc.name] = soft
     try:
         found, soft = limits_memlock(facts.read_text("/proc/self/limits"))
         if found and facts.is_live:
