@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 from virtdoctor.api import (Auto, FactUnavailable, Fail, Pass, RunCommand, Skip, check, cpufacts, hookimpl, plan,
-                            redefine_plan, remove_element)
+                            platformfacts, redefine_plan, remove_element)
 
 SHOWN = 8
 
@@ -179,16 +179,10 @@ def _nested(facts) -> dict:
 
 def _cpu_flags(facts) -> set[str] | None:
     try:
-        text = facts.read_text("/proc/cpuinfo", limit=4 << 20)
+        flags = platformfacts.cpuinfo(facts).flags  # the facts layer's one /proc/cpuinfo parser
     except Exception:
         return None
-    if not text:
-        return None
-    flags: set[str] = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.split(":", 1)[1].split())
-    return flags
+    return set(flags)
 
 
 def _kvm_usable(facts) -> bool | None:

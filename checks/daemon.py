@@ -170,14 +170,42 @@ def daemon_log_dir_missing(facts):
     if missing:
         d, why = missing[0]
         return Fail(f"{d} does not exist ({why}): the daemon exits with \"failed to open {d}/...: "
-                    f"No such file or directory\"", evidence, plan=create_log_dirs([d for d, _ in missing]))
+                    f"No such file or directory\"", evidence,
+                    plan=create_log_dirs([d for d, _ in missing], start_again(facts)))
     return Pass("log directories exist: " + ", ".join(evidence["checked"]), evidence)
 
 
-def create_log_dirs(dirs: list[str]):
+def start_again(facts) -> tuple:
+    """The actions that bring the serving daemon back after a fix of what stopped it: when
+    it is not running (and no systemd brings it up), start it with the arguments it is
+    configured to start with (facts.daemon: the running or configured command line,
+    /etc/default, /etc/sysconfig, systemd units), virtlogd first, and wait until its socket
+    answers. Empty when it runs."""
+    try:
+        layout = facts.daemon
+        info = layout.serving
+    except FactUnavailable:
+        return ()
+    if info.running or layout.systemd or not info.installed:
+        return ()
+    args = tuple(a for a in (info.args or (info.installed,)) if a not in ("-d", "--daemon"))
+    actions = []
+    if not running(facts, "virtlogd") and facts.which("virtlogd"):
+        actions.append(RunCommand(["virtlogd", "-d"], "start virtlogd (QEMU's log daemon)",
+                                  wait_for=f"{RUN_DIR}/virtlogd-sock"))
+    actions.append(RestartDaemon(info.name, (), socket_path(info.name), args=args))
+    return tuple(actions)
+
+
+def create_log_dirs(dirs: list[str], start: tuple = ()):
     actions = [MakeDir(d, 0o700) for d in sorted(dirs, key=len)]
-    return plan(f"Create {', '.join(sorted(dirs, key=len))} (0700, root)", Auto.SAFE, *actions,
-                notes=["start the daemon afterwards if it exited (daemon-socket-missing)"])
+    if start:
+        name = start[-1].name
+        return plan(f"Create {', '.join(sorted(dirs, key=len))} (0700, root) and start {name} again "
+                    f"({start[-1].command()})", Auto.SAFE, *actions, *start,
+                    notes=[f"{name} exited without its log directory: it is started with the arguments it is "
+                           "configured to start with, and the fix waits until its socket answers"])
+    return plan(f"Create {', '.join(sorted(dirs, key=len))} (0700, root)", Auto.SAFE, *actions)
 
 
 QEMU_CONF = "/etc/libvirt/qemu.conf"

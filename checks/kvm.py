@@ -3,7 +3,7 @@ hypervisor below a nested host) offers virtualisation."""
 from __future__ import annotations
 
 from virtdoctor.api import (Auto, Fail, Pass, RemoveAcl, RunCommand, SetGroup, SetMode, Skip, WriteFile, check,
-                            hookimpl, parse_uri, plan)
+                            hookimpl, parse_uri, plan, platformfacts)
 
 KVM_DEVICE = "/dev/kvm"
 UDEV_RULE = "/etc/udev/rules.d/65-kvm.rules"
@@ -99,15 +99,9 @@ def cpu_virt_flags(facts) -> dict:
     """What /proc/cpuinfo says: vmx/svm present, and the `hypervisor` flag (we are a guest).
     Under --root without a proc tree: unknown (None)."""
     try:
-        text = facts.read_text("/proc/cpuinfo", limit=4 << 20)
+        flags = platformfacts.cpuinfo(facts).flags  # the facts layer's one /proc/cpuinfo parser
     except Exception:
-        text = None
-    if text is None:
         return {"vmx": None, "svm": None, "hypervisor": None, "known": False}
-    flags: set[str] = set()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            flags.update(line.split(":", 1)[1].split())
     return {"vmx": "vmx" in flags, "svm": "svm" in flags, "hypervisor": "hypervisor" in flags,
             "known": bool(flags)}
 

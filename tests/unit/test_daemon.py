@@ -314,3 +314,18 @@ def test_config_syntax_error_skips_without_config_files(fake_root):
     fake_root.mkdir("/etc/libvirt")
     [f] = run_check(config_syntax_error, HostFacts(root=str(fake_root), offline=True))
     assert f.status.value == "skip"
+
+
+def test_log_dir_fix_starts_the_daemon_again_with_its_configured_arguments(fake_root):
+    host(fake_root)
+    fake_root.write("/usr/sbin/libvirtd", "#!/bin/sh\n", 0o755)
+    fake_root.write("/usr/sbin/virtlogd", "#!/bin/sh\n", 0o755)
+    fake_root.write("/etc/default/libvirtd", 'LIBVIRTD_ARGS="--listen"\n')
+    f = one(D.daemon_log_dir_missing, facts_for(fake_root, procs=()))
+    assert f.status is Status.FAIL
+    assert f.fix.commands == ("mkdir -p -m 0700 /var/log/libvirt", "mkdir -p -m 0700 /var/log/libvirt/qemu",
+                              "virtlogd -d", "/usr/sbin/libvirtd --listen -d")
+    assert f.plan.actions[-1].socket == "/run/libvirt/libvirt-sock"  # waits until it answers
+    # a running daemon is left alone
+    f2 = one(D.daemon_log_dir_missing, facts_for(fake_root))
+    assert f2.fix.commands == ("mkdir -p -m 0700 /var/log/libvirt", "mkdir -p -m 0700 /var/log/libvirt/qemu")

@@ -168,9 +168,14 @@ class CpuInfo:
 
 
 def cpuinfo(facts) -> CpuInfo:
-    """Arch family, vendor and flags from /proc/cpuinfo (the first CPU).
-    Raises FactUnavailable when it is absent (a container root, a bare /etc)."""
-    text = facts.read_text("/proc/cpuinfo")
+    """Arch family, vendor and flags from /proc/cpuinfo (the first CPU), parsed once per
+    run (facts.memo): the one /proc/cpuinfo parser. Raises FactUnavailable when it is
+    absent (a container root, a bare /etc)."""
+    return facts.memo("cpuinfo", lambda: _cpuinfo(facts))
+
+
+def _cpuinfo(facts) -> CpuInfo:
+    text = facts.read_text("/proc/cpuinfo", limit=4 << 20)
     if text is None:
         raise FactUnavailable("no /proc/cpuinfo here: cannot tell the CPU")
     vendor, flags, facilities, family = "", set(), set(), "unknown"

@@ -55,7 +55,7 @@ def _restart(a: RestartDaemon, env) -> None:
     if a.pids and not env.fs.is_live:
         raise ActionError(f"not stopping processes of the live host for --root {env.root}")
     _stop(a, env)
-    env.command([a.name, "-d"])
+    env.command(a.start_argv)
     if a.socket:
         deadline = time.monotonic() + a.wait_seconds
         while not answers(env, a.socket):

@@ -254,14 +254,24 @@ class RestartDaemon(Action):
     pids: tuple[int, ...] = ()
     socket: str = ""
     wait_seconds: float = 30.0
+    # the command line it is configured to start with (facts.daemon: /etc/default, systemd
+    # units...), without -d; empty: `NAME -d`
+    args: tuple[str, ...] = ()
 
     def __post_init__(self):
         _tuple(self, "pids")
+        _tuple(self, "args")
+
+    @property
+    def start_argv(self) -> list[str]:
+        return [*self.args, "-d"] if self.args else [self.name, "-d"]
 
     def command(self) -> str:
+        import shlex
+
         if self.pids:
-            return f"kill {' '.join(map(str, self.pids))} && {self.name} -d"
-        return f"{self.name} -d"
+            return f"kill {' '.join(map(str, self.pids))} && {shlex.join(self.start_argv)}"
+        return shlex.join(self.start_argv)
 
     def describe(self) -> str:
         return (f"restart {self.name} (pid {', '.join(map(str, self.pids))}) so it reads the new configuration"
