@@ -17,7 +17,7 @@ set -euo pipefail
 PYTHON=${PYTHON:-python3}
 RUNTIME_PACKAGES=(libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils ovmf
                   dnsmasq-base acl osinfo-db virtinst
-                  prometheus prometheus-node-exporter
+                  prometheus prometheus-node-exporter cron
                   swtpm swtpm-tools libcap2-bin iproute2)  # TPM (swtpm live tests), setcap (session bridge helper)
 BUILD_PACKAGES=(pkg-config libvirt-dev gcc)
 

@@ -236,3 +236,50 @@ def test_fix_check_mode_then_fix_then_nothing(fleet):
     again = play("fix", *ONLY)
     assert all(again.recap[n]["changed"] == 0 and again.recap[n]["failed"] == 0 for n in roots), again.stdout
     print(f"\nfix.yml on {len(roots)} local hosts: {elapsed:.1f} s")
+
+
+def test_install_and_textfile_roles(tmp_path, ansible_venv, collections_path):
+    """textfile.yml on this machine: the install role makes a venv from a wheel built from this
+    repository (copied from the controller), reusing Debian's python3-libvirt; the textfile
+    role, without systemd here, writes a cron.d entry whose command writes the textfile."""
+    wheels = tmp_path / "wheels"
+    from tests.unit.test_packaging import copy_sources
+
+    src = copy_sources(tmp_path / "src")
+    build = subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(wheels), str(src)],
+                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert build.returncode == 0, build.stdout[-2000:] + build.stderr[-2000:]
+    (wheel,) = wheels.glob("virtdoctor-*.whl")
+    venv = tmp_path / "opt-virtdoctor"
+    textdir = tmp_path / "textfile"
+    cron_name = f"vdtest-virtdoctor-textfile-{os.getpid()}"
+    cron_file = Path("/etc/cron.d") / cron_name
+    extra = {"virtdoctor_venv": str(venv), "virtdoctor_wheel": str(wheel), "virtdoctor_link": False,
+             "virtdoctor_executable": str(venv / "bin" / "virtdoctor"), "virtdoctor_textfile_dir": str(textdir),
+             "virtdoctor_textfile_cron_file": cron_name, "virtdoctor_textfile_args": ["--offline"]}
+    play = player(tmp_path, ansible_venv, collections_path, ["localhost"])
+    try:
+        t0 = time.monotonic()
+        proc = play("textfile", "-e", json.dumps(extra))
+        out = proc.stdout + proc.stderr
+        assert proc.recap["localhost"]["failed"] == 0, out
+        assert (venv / "bin" / "virtdoctor").exists()
+        # the venv reuses the distribution's libvirt bindings
+        probe = subprocess.run([str(venv / "bin" / "python"), "-c", "import libvirt; print(libvirt.__file__)"],
+                               capture_output=True, text=True, timeout=60)
+        assert probe.returncode == 0 and probe.stdout.startswith("/usr/lib/python3/dist-packages/"), probe
+        job = [line for line in cron_file.read_text().splitlines() if line and not line.startswith("#")]
+        assert len(job) == 1 and "--textfile" in job[0], job
+        fields = job[0].split(None, 6)  # m h dom mon dow user command
+        assert fields[5] == "root"
+        run = subprocess.run(["sh", "-c", fields[6].replace(">/dev/null 2>&1", "")], timeout=120,
+                             capture_output=True, text=True)
+        assert run.returncode in (0, 1, 2), (fields[6], run.stdout, run.stderr)
+        fams = {f.name for f in __import__("prometheus_client.parser", fromlist=["x"]).text_string_to_metric_families(
+            (textdir / "virtdoctor.prom").read_text())}
+        assert {"virtdoctor_check_failures", "virtdoctor_last_run_exit_code"} <= fams
+        again = play("textfile", "-e", json.dumps(extra))
+        assert again.recap["localhost"]["changed"] == 0 and again.recap["localhost"]["failed"] == 0, again.stdout
+        print(f"\ntextfile.yml (install from a wheel + cron): {time.monotonic() - t0:.1f} s")
+    finally:
+        cron_file.unlink(missing_ok=True)

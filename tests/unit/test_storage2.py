@@ -406,3 +406,22 @@ def test_snapshot_checks(root):
     [r] = run(S.revert_external, mkfacts(root, [rinf], runtime=ext), raw, rinf)
     assert is_warn(r) and "revert to external snapshot not supported yet" in r.message
     assert "virsh snapshot-delete r e1 --metadata" in r.plan.commands
+
+
+def test_fix_recheck_of_one_keyed_result_ignores_the_others(root):
+    """`fix` re-checks the pool it started, not every pool of the same (host) subject: a second
+    broken pool must not roll the first one's fix back (seen live: leftover pools on the host)."""
+    from types import SimpleNamespace
+
+    from virtdoctor.commands import fix as fixcmd
+
+    pools = [PoolInfo("mine", "dir", True, True, "/srv/mine"), PoolInfo("other", "dir", False, True, "/srv/other")]
+    ctx = SimpleNamespace(facts=lambda: mkfacts(root, pools=pools), knowledge={})
+    ok, _ = fixcmd.recheck_for(ctx, P.pool_inactive_host, "host", None, key="mine")()
+    assert ok
+    ok, msg = fixcmd.recheck_for(ctx, P.pool_inactive_host, "host", None, key="other")()
+    assert not ok and "other" in msg
+    ok, msg = fixcmd.recheck_for(ctx, P.pool_inactive_host, "host", None)()  # unkeyed: any failure counts
+    assert not ok
+    [f] = run(P.pool_inactive_host, mkfacts(root, pools=pools))
+    assert f.key == "other"
