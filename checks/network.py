@@ -507,13 +507,14 @@ def bridge_source_not_bridge(facts, dom):
     /sys/class/net and is a Linux bridge (or an Open vSwitch bridge with
     <virtualport type='openvswitch'/>).
     Why: a NIC, bond or veth there fails the start with "Unable to add bridge
-    eth0 port vnet0: Operation not supported"; a missing one with "Cannot get
-    interface MTU on 'br0': No such device"."""
+    eth0 port vnet0: Operation not supported". A link that does not exist at all
+    ("Cannot get interface MTU on 'br0': No such device") is bridge-missing's
+    finding (checks/netconflict.py), so the two are told apart."""
     ifaces = [i for i in dom.root.iterfind("devices/interface") if i.get("type") == "bridge"]
     if not ifaces:
         return Pass("no <interface type='bridge'>")
     links = _domain_links(facts)
-    bad, ok, evidence = [], [], {"bridges": {}}
+    bad, ok, absent, evidence = [], [], [], {"bridges": {}}
     not_bridges: list[str] = []
     for iface in ifaces:
         src = iface.find("source")
@@ -527,7 +528,7 @@ def bridge_source_not_bridge(facts, dom):
         evidence["bridges"][name] = {"exists": link is not None, "kind": link.kind if link else None,
                                      "master": link.master if link else None, "openvswitch": ovs}
         if link is None:
-            bad.append(f"bridge {name} does not exist: \"Cannot get interface MTU on '{name}': No such device\"")
+            absent.append(name)  # no such link at all: bridge-missing's finding, not this one
         elif link.is_bridge:
             ok.append(name)
         elif ovs or link.master == "ovs-system":
@@ -539,6 +540,9 @@ def bridge_source_not_bridge(facts, dom):
                        f"Operation not supported\"")
     if bad:
         return Fail("; ".join(bad), evidence, plan=make_bridge(not_bridges))
+    if absent:
+        return Pass(f"no link named {', '.join(absent)} (bridge-missing reports it)"
+                    + (f"; bridge(s) {', '.join(ok)} exist" if ok else ""), evidence)
     return Pass(f"bridge(s) {', '.join(ok)} exist", evidence)
 
 
