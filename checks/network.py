@@ -3,9 +3,8 @@ tools they need (dnsmasq, firewall binaries), and the host links guests plug
 into (bridges, bonds, macvtap lower devices)."""
 from __future__ import annotations
 
-from lxml import etree
-
-from virtdoctor.api import (Action, Auto, DefineNetwork, FactUnavailable, Fail, Pass, RunCommand, Severity, Skip,
+from virtdoctor.api import (Action, Auto, DefineNetwork, DomainXMLError, FactUnavailable, Fail, Pass, RunCommand,
+                            Severity, Skip, parse_xml_document,
                             StartNetwork, Warn, check, hookimpl, plan, redefine_plan)
 
 DEFAULT_NETWORK = "default"
@@ -25,8 +24,8 @@ BAD_BOND_MODES = {"balance-alb": 6, "balance-tlb": 5}
 
 
 def _xml(text: str):
-    return etree.fromstring(text.encode(), etree.XMLParser(resolve_entities=False, no_network=True,
-                                                           load_dtd=False))
+    """The root element of libvirt's XML, through the hardened parser."""
+    return parse_xml_document(text, "libvirt XML").getroot()
 
 
 def interface_networks(root) -> list[str]:
@@ -229,7 +228,7 @@ def dnsmasq_missing(facts):
         try:
             if needs_dnsmasq(_xml(n.xml)):
                 needing.append(n.name)
-        except etree.XMLSyntaxError:
+        except DomainXMLError:
             continue
     evidence = {"dnsmasq": path, "networks_needing_dnsmasq": needing,
                 "networks_known": nets is not None}
@@ -291,7 +290,7 @@ def _parsed_definitions(facts):
         for item in items:
             try:
                 out.append((item.name, _xml(item.xml)))
-            except etree.XMLSyntaxError:
+            except DomainXMLError:
                 continue
         return out
 

@@ -15,7 +15,7 @@ from virtdoctor.checkdef import Check, check
 from virtdoctor.domxml import (BUS_PREFIX, PREFIX_BUSES, Disk, Domain, DomainXMLError, append_child,
                                disk_index_name, disk_name_index, disk_name_prefix, edit_copy, element,
                                element_path, ensure_child, enum_values, fragment, insert_before, is_q35,
-                               libvirt_disk_order, remove_element, serialise)
+                               libvirt_disk_order, parse_xml_document, remove_element, serialise)
 from virtdoctor.facts import Account, Cmd, FileInfo, Group, KvmProbe, Link, Proc, QemuAccount
 from virtdoctor.facts import firmware as fwfacts
 from virtdoctor.facts import cpu as cpufacts
@@ -42,7 +42,7 @@ __all__ = [
     # domain XML
     "BUS_PREFIX", "PREFIX_BUSES", "Disk", "Domain", "DomainXMLError", "append_child", "disk_index_name",
     "disk_name_index", "disk_name_prefix", "edit_copy", "element", "element_path", "ensure_child", "enum_values",
-    "fragment", "insert_before", "is_q35", "libvirt_disk_order", "remove_element", "serialise",
+    "fragment", "insert_before", "is_q35", "libvirt_disk_order", "parse_xml_document", "remove_element", "serialise",
     # facts
     "Account", "Cmd", "FileInfo", "Group", "KvmProbe", "Link", "Proc", "QemuAccount", "ParsedUri", "devnum",
     "parse_uri", "fwfacts", "cpufacts", "lsmfacts", "memfacts", "osinfo", "platformfacts", "schemafacts", "tlsfacts",
