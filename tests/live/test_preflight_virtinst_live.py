@@ -3,7 +3,8 @@
 documents, an --import one; preflight checks each (subjects xml:-#1, xml:-#2) against the
 host, never status 3. Nothing is defined; the disk, ISO and tree are files in a temporary
 directory (virt-install copies a --location kernel/initrd to /var/lib/libvirt/boot for the
-printed XML: those copies are removed)."""
+printed XML: those copies are removed; it also defines a storage pool for each directory
+holding a --disk or --cdrom path, named after the directory: pools it added are removed)."""
 from __future__ import annotations
 
 import glob
@@ -32,9 +33,20 @@ def media(tmp_path):
     (tree / ".treeinfo").write_text("[general]\nfamily = Debian\nversion = 12\narch = x86_64\n"
                                     "[images-x86_64]\nkernel = install.amd/vmlinuz\ninitrd = install.amd/initrd.gz\n")
     before = set(glob.glob("/var/lib/libvirt/boot/virtinst-*"))
+    pools_before = _pools()
     yield {"disk": str(disk), "iso": str(iso), "tree": str(tree)}
     for path in set(glob.glob("/var/lib/libvirt/boot/virtinst-*")) - before:
         os.unlink(path)
+    for pool in _pools() - pools_before:
+        subprocess.run(["virsh", "-q", "-c", "qemu:///system", "pool-destroy", pool], capture_output=True)
+        subprocess.run(["virsh", "-q", "-c", "qemu:///system", "pool-undefine", pool], capture_output=True)
+    assert _pools() == pools_before
+
+
+def _pools() -> set[str]:
+    out = subprocess.run(["virsh", "-q", "-c", "qemu:///system", "pool-list", "--all", "--name"],
+                         capture_output=True, text=True, timeout=30).stdout
+    return {line.strip() for line in out.splitlines() if line.strip()}
 
 
 @pytest.mark.parametrize("kind, count", [("cdrom", 2), ("location", 2), ("import", 1)])
