@@ -546,6 +546,7 @@ def test_usb_hostdev_missing_and_the_optional_fix(fake_root):
 
 
 def test_hostdev_claimed_by_a_running_and_a_defined_domain(fake_root):
+    assert passthrough.hostdev_in_use.slug == "hostdev-in-use"
     dev = USB.format(policy="", v="0627", p="0001")
     running = DomainInfo("holder", "u1", domain_xml("holder", devices=dev), active=True)
     f = host(fake_root, domains=[running])

@@ -264,6 +264,7 @@ def test_image_write_locked_names_the_holder(root):
 
 
 def test_nfs_root_squash(root):
+    assert I.nfs_root_squash.slug == "nfs-root-squash"
     # /proc/mounts line format as the kernel prints an NFSv4.2 mount (no NFS server here: not recorded live)
     root.write("/proc/mounts", "/dev/vda1 / ext4 rw 0 0\nfiler:/export/vms /mnt/nfs nfs4 rw,relatime,vers=4.2,"
                "rsize=1048576,wsize=1048576,hard,proto=tcp,sec=sys,clientaddr=10.0.0.2,addr=10.0.0.1 0 0\n")
