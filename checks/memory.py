@@ -3,7 +3,7 @@ node), locked memory (RLIMIT_MEMLOCK), host free memory and the overcommit polic
 memory balloon. Inputs come from `facts.memory` (virtdoctor/facts/memory.py)."""
 from __future__ import annotations
 
-from virtdoctor.api import (Auto, Fail, MakeDir, Pass, RunCommand, Skip, Warn, check, hookimpl, parse_uri, plan,
+from virtdoctor.api import (Auto, is_session, Fail, MakeDir, Pass, RunCommand, Skip, Warn, check, hookimpl, plan,
                             redefine_plan)
 
 UNIT_KIB = {"b": 1 / 1024, "bytes": 1 / 1024, "k": 1, "kib": 1, "kb": 1000 / 1024, "m": 1024, "mib": 1024,
@@ -26,14 +26,6 @@ def kib(el, default_unit: str = "KiB") -> int | None:
 def guest_kib(dom) -> int | None:
     return kib(dom.tree.find("memory"))
 
-
-def _is_session(facts) -> bool:
-    if facts.offline:
-        return False
-    try:
-        return parse_uri(facts.resolved_uri).path == "/session"
-    except Exception:
-        return False
 
 
 # -- hugepages-unavailable ----------------------------------------------------------------------
@@ -148,7 +140,7 @@ def memlock_limit(facts, dom):
         return Fail(f"{why}, but <memtune><hard_limit> ({hard} KiB) is below the guest RAM ({need} KiB)", evidence,
                     plan=plan("Raise or remove <memtune><hard_limit>", Auto.MANUAL,
                               notes=[f"virsh memtune {dom.name} --hard-limit {need + 262144} --config"]))
-    if not _is_session(facts):
+    if not is_session(facts):
         return Pass(f"{why}: the privileged daemon raises QEMU's memlock limit itself", evidence)
     limit = facts.memory.memlock.get("self")
     evidence["memlock_bytes"] = limit

@@ -5,7 +5,7 @@ Facts: `facts.devices` (/sys/bus/pci, /sys/kernel/iommu_groups,
 /sys/bus/usb, and every defined or running domain's <hostdev> claims)."""
 from __future__ import annotations
 
-from virtdoctor.api import (Auto, FactUnavailable, Fail, Pass, RunCommand, Severity, Skip, check, hookimpl, plan,
+from virtdoctor.api import (Auto, each_domain, FactUnavailable, Fail, Pass, RunCommand, Severity, Skip, check, hookimpl, plan,
                             redefine_plan)
 
 
@@ -65,21 +65,6 @@ def vfio_group_not_viable(facts, dom):
                           notes=list(dict.fromkeys(notes))))
 
 
-def _each_domain(facts, func, what: str):
-    """A host/uri twin: `func` (the domain check) over every defined domain; one
-    failure naming the failing domains, with the first one's plan."""
-    failing = []
-    for dom in facts.domains:
-        r = func(facts, dom)
-        if r.status.value == "fail":
-            failing.append((dom.name, r))
-    if not failing:
-        return Pass(f"no defined domain {what}")
-    name, first = failing[0]
-    more = f" (also: {', '.join(n for n, _ in failing[1:])})" if failing[1:] else ""
-    return Fail(f"domain {name}: {first.message}{more}", {"domains": [n for n, _ in failing]},
-                severity=first.severity, plan=first.plan)
-
 
 @check("vfio-group-not-viable", scope="host", area="passthrough", severity="error",
        title="IOMMU groups of every passed-through PCI device are viable", needs=("libvirt",), plans=True)
@@ -88,7 +73,7 @@ def vfio_group_not_viable_host(facts):
     check, over all): their IOMMU groups' members and driver bindings.
     Why: a domain whose group is not viable fails to start ("group N is not viable").
     Fix safety: manual (takes devices away from the host)."""
-    return _each_domain(facts, vfio_group_not_viable.func, "passes through a PCI device of a non-viable group")
+    return each_domain(facts, vfio_group_not_viable.func, "passes through a PCI device of a non-viable group")
 
 
 @check("hostdev-in-use", scope="domain", area="passthrough", severity="error",

@@ -3,7 +3,7 @@ security_driver and dynamic_ownership, and <seclabel> models a domain brought fr
 Inputs come from `facts.lsm` (virtdoctor/facts/lsm.py) and the domain XML."""
 from __future__ import annotations
 
-from virtdoctor.api import (Auto, Fail, Pass, RunCommand, SetConfKey, Skip, check, hookimpl, lsmfacts, parse_uri,
+from virtdoctor.api import (Auto, is_session, Fail, Pass, RunCommand, SetConfKey, Skip, check, hookimpl, lsmfacts,
                             plan, redefine_plan, remove_element)
 
 QEMU_CONF = "/etc/libvirt/qemu.conf"
@@ -20,14 +20,6 @@ AA_OVERRIDE = ("/sys/devices/pci", "/sys/kernel/config/target/vhost", "/etc/libv
 SELINUX_IMAGE_TYPES = ("virt_image_t", "svirt_image_t", "virt_content_t", "svirt_tmpfs_t", "nfs_t", "iso9660_t")
 SHOWN = 5
 
-
-def _is_session(facts) -> bool:
-    if facts.offline:
-        return False
-    try:
-        return parse_uri(facts.resolved_uri).path == "/session"
-    except Exception:
-        return False
 
 
 def _uuid(dom) -> str | None:
@@ -161,7 +153,7 @@ def dynamic_ownership_domain(facts, dom):
     Why: such an image that QEMU's account cannot open fails the start ("Cannot access storage
     file ... (as uid:64055, gid:64055): Permission denied" or QEMU's "Could not open ...").
     Fix: safe; chown the image to QEMU's account (not guest-visible)."""
-    if _is_session(facts):
+    if is_session(facts):
         return Skip("qemu:///session: QEMU runs as you, libvirt chowns nothing")
     lsm = facts.lsm
     dom_off = _dac_relabel_off(dom.tree) and any(s.getparent() is dom.root for s in dom.tree.iter("seclabel")

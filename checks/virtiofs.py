@@ -5,7 +5,7 @@ Facts: `facts.devices` (vhost-user descriptors, executables), the connection's
 URI and libvirt version."""
 from __future__ import annotations
 
-from virtdoctor.api import Auto, FactUnavailable, Fail, Pass, RunCommand, check, hookimpl, plan, redefine_plan
+from virtdoctor.api import Auto, each_domain, FactUnavailable, Fail, Pass, RunCommand, check, hookimpl, plan, redefine_plan
 
 SESSION_VIRTIOFS_SINCE = (10, 0, 0)  # kbase/virtiofs.rst, "Running unprivileged"
 
@@ -63,21 +63,6 @@ def virtiofsd_missing(facts, dom):
                                                                    notes=list(dict.fromkeys(notes))))
 
 
-def _each_domain(facts, func, what: str):
-    """A host/uri twin: `func` (the domain check) over every defined domain; one
-    failure naming the failing domains, with the first one's plan."""
-    failing = []
-    for dom in facts.domains:
-        r = func(facts, dom)
-        if r.status.value == "fail":
-            failing.append((dom.name, r))
-    if not failing:
-        return Pass(f"no defined domain {what}")
-    name, first = failing[0]
-    more = f" (also: {', '.join(n for n, _ in failing[1:])})" if failing[1:] else ""
-    return Fail(f"domain {name}: {first.message}{more}", {"domains": [n for n, _ in failing]},
-                severity=first.severity, plan=first.plan)
-
 
 @check("virtiofsd-missing", scope="host", area="virtiofs", severity="error",
        title="Domains with virtiofs filesystems find virtiofsd", needs=("libvirt",), plans=True)
@@ -86,7 +71,7 @@ def virtiofsd_missing_host(facts):
     vhost-user descriptors and <binary path> (the domain check, over all).
     Why: each such domain fails to start without virtiofsd.
     Fix safety: manual (installs a package or edits <binary path>)."""
-    return _each_domain(facts, virtiofsd_missing.func, "lacks virtiofsd")
+    return each_domain(facts, virtiofsd_missing.func, "lacks virtiofsd")
 
 
 def _shared(root) -> bool:
@@ -192,7 +177,7 @@ def virtiofs_session_unsupported_uri(facts):
     Fix safety: manual."""
     if "/session" not in facts.resolved_uri:
         return Pass(f"{facts.resolved_uri} is not a session connection")
-    return _each_domain(facts, virtiofs_session_unsupported.func, "uses virtiofs")
+    return each_domain(facts, virtiofs_session_unsupported.func, "uses virtiofs")
 
 
 @hookimpl

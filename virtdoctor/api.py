@@ -30,6 +30,7 @@ from virtdoctor.facts.uri import ParsedUri, parse_uri
 from virtdoctor.hookspecs import hookimpl
 from virtdoctor.model import (Auto, FactUnavailable, Fail, Finding, FixInfo, Pass, Result, Severity, Skip,
                               Status, Warn, planner, with_plan)
+from virtdoctor.checktools import each_domain, is_session
 from virtdoctor.remedy.plan import (Action, ActionError, DefineDomain, DefineNetwork, EditDomain, FixPlan, MakeDir,
                                     PersistModule, RemoveAcl, RestartDaemon, RunCommand, SetConfKey, SetGroup, SetMode,
                                     StartNetwork, WriteFile, plan, redefine_plan)
@@ -38,7 +39,7 @@ __all__ = [
     "Action", "ActionError", "Auto", "EditDomain", "Check", "DefineDomain", "FactUnavailable", "Fail", "Finding", "FixInfo", "FixPlan",
     "MakeDir", "Pass", "RemoveAcl", "Result", "RunCommand", "SetConfKey", "SetGroup", "SetMode", "Severity",
     "Skip", "StartNetwork", "Status", "Warn", "WriteFile", "check", "hookimpl", "plan", "planner", "redefine_plan",
-    "with_plan", "DefineNetwork", "PersistModule", "RestartDaemon",
+    "with_plan", "DefineNetwork", "PersistModule", "RestartDaemon", "each_domain", "is_session",
     # domain XML
     "BUS_PREFIX", "PREFIX_BUSES", "Disk", "Domain", "DomainXMLError", "append_child", "disk_index_name",
     "disk_name_index", "disk_name_prefix", "edit_copy", "element", "element_path", "ensure_child", "enum_values",
